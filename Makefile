@@ -1,0 +1,30 @@
+# speechllm: `make install` sets everything up, `make test` runs the fast tests,
+# `make demo` runs the recipe on the embedded corpus. See README.md.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAGE ?= 1
+STOP_STAGE ?= 100
+
+.PHONY: install test test-slow demo lint bench clean
+
+install:
+	tools/install_system.sh
+	tools/install_python.sh $(VENV)
+
+test:
+	$(PY) -m pytest -q
+
+test-slow:
+	$(PY) -m pytest -q -m slow
+
+demo:
+	cd egs/covost2 && ./run.sh --stage $(STAGE) --stop-stage $(STOP_STAGE)
+
+lint:
+	$(VENV)/bin/ruff check speechllm_cli tests bench
+
+bench:
+	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf egs/covost2/data egs/covost2/dump egs/covost2/exp egs/covost2/downloads

@@ -1,0 +1,1 @@
+../../../speechllm_cli/scripts/run.pl

