@@ -144,6 +144,46 @@ def split_data_cmd(
     logger.info("wrote %s", ", ".join(str(p) for p in parts))
 
 
+# --------------------------------------------------------------------------- scoring (stage 7)
+
+
+@app.command("score")
+def score_cmd(
+    decode_dir: Path | None = typer.Argument(None, help="Decode dir holding hyp.txt, ref.txt (and utt2lang)."),
+    ref: Path | None = typer.Option(None, help="Reference `utt text` file (default DECODE_DIR/ref.txt)."),
+    hyp: Path | None = typer.Option(None, help="Hypothesis `utt text` file (default DECODE_DIR/hyp.txt)."),
+    utt2lang: Path | None = typer.Option(None, help="Source language per utterance (default DECODE_DIR/utt2lang)."),
+    asr_langs: str = typer.Option("en", help="Source languages scored as recognition (WER/CER)."),
+) -> None:
+    """BLEU/chrF (tc and lc.rm) and WER/CER, overall and per language, into result.txt."""
+    from speechllm_cli.data.kaldi_dir import DataDirError
+    from speechllm_cli.score.score import score_decode_dir
+
+    if decode_dir is None:
+        if hyp is None or ref is None:
+            _fail("give a DECODE_DIR, or both --ref and --hyp")
+        decode_dir = hyp.parent
+    try:
+        score_decode_dir(decode_dir, ref=ref, hyp=hyp, utt2lang=utt2lang, asr_langs=tuple(asr_langs.split()))
+    except (DataDirError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+@app.command("results")
+def results_cmd(
+    exp_dir: Path = typer.Argument(Path("exp"), help="Folder of model dirs with scored decode dirs."),
+    out: Path | None = typer.Option(None, help="Output Markdown file (default EXP_DIR/RESULTS.md)."),
+) -> None:
+    """Collect every scored decode into one Markdown table and print it."""
+    from speechllm_cli.score.results import write_results
+
+    try:
+        path = write_results(exp_dir, out)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    print(path.read_text())
+
+
 def main() -> None:
     app()
 

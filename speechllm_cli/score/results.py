@@ -1,0 +1,84 @@
+"""Collect every scored decode under an experiment folder into one Markdown table (RESULTS.md).
+
+Each ``exp/<model>/decode_<set>/result.json`` (from ``speechllm score``) gives a row per language;
+``exp/<model>/model_info.json`` (written by training) gives parameter counts and training time,
+and ``decode_<set>/decode.yaml`` the decoding command.
+
+Example:
+    speechllm results exp/ --out RESULTS.md
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import yaml
+
+from speechllm_cli.utils.io import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+def _millions(n: int | None) -> str:
+    return "" if n is None else f"{n / 1e6:.2f}M"
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def collect_rows(exp_dir: Path) -> list[dict]:
+    rows = []
+    for result_path in sorted(Path(exp_dir).glob("*/decode_*/result.json")):
+        decode_dir = result_path.parent
+        model_dir = decode_dir.parent
+        result = json.loads(result_path.read_text())
+        info_path = model_dir / "model_info.json"
+        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        decode_conf = decode_dir / "decode.yaml"
+        command = (yaml.safe_load(decode_conf.read_text()) or {}).get("command", "") if decode_conf.exists() else ""
+        for group, r in result["groups"].items():
+            rows.append({
+                "model": model_dir.name, "model_type": info.get("model_type", ""),
+                "set": decode_dir.name.removeprefix("decode_"), "lang": group, "task": r["task"],
+                "num_utts": r["num_utts"], "bleu": r.get("bleu"), "bleu_lc_rm": r.get("bleu_lc_rm"),
+                "chrf": r.get("chrf"), "wer": r.get("wer"),
+                "params_trained": info.get("params_trained"), "params_total": info.get("params_total"),
+                "train_time_s": info.get("train_time_s"), "train_command": info.get("command", ""),
+                "decode_command": command,
+            })
+    return rows
+
+
+def format_results(rows: list[dict]) -> str:
+    header = ("| model | type | set | lang | #utt | BLEU | BLEU lc.rm | chrF | WER | trained / total params "
+              "| train time |")
+    lines = ["# Results", "", header, "|" + "---|" * 11]
+    for r in rows:
+        time = "" if r["train_time_s"] is None else f"{r['train_time_s'] / 60:.1f} min"
+        lines.append(f"| {r['model']} | {r['model_type']} | {r['set']} | {r['lang']} | {r['num_utts']} "
+                     f"| {_cell(r['bleu'])} | {_cell(r['bleu_lc_rm'])} | {_cell(r['chrf'])} | {_cell(r['wer'])} "
+                     f"| {_millions(r['params_trained'])} / {_millions(r['params_total'])} | {time} |")
+    commands = {}
+    for r in rows:
+        commands.setdefault(r["model"], (r["train_command"], set()))[1].add(r["decode_command"])
+    lines += ["", "## Commands", ""]
+    for model, (train_cmd, decode_cmds) in commands.items():
+        lines.append(f"- **{model}**")
+        if train_cmd:
+            lines.append(f"  - train: `{train_cmd}`")
+        for cmd in sorted(c for c in decode_cmds if c):
+            lines.append(f"  - decode: `{cmd}`")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(exp_dir: Path, out: Path | None = None) -> Path:
+    rows = collect_rows(exp_dir)
+    if not rows:
+        raise FileNotFoundError(f"{exp_dir}: no */decode_*/result.json; run `speechllm score` on a decode dir first")
+    out = out or Path(exp_dir) / "RESULTS.md"
+    atomic_write_text(out, format_results(rows))
+    logger.info("wrote %s (%d rows)", out, len(rows))
+    return out
