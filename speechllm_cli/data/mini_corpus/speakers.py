@@ -1,0 +1,85 @@
+"""Synthetic speakers of the mini corpus: one espeak-ng voice variant at one rate and pitch.
+
+Each language has a few base voices (accents) and twelve variants (``m1``-``m7``, ``f1``-``f5``);
+the variants are divided between train, dev and test, so no voice of a test speaker is heard
+in training. A speaker's client id is a stable 64-hex-digit hash, as in Common Voice.
+
+Example:
+    >>> spk = choose_speakers("de", {"train": 3, "dev": 1, "test": 1}, seed=0)
+    >>> len(spk["train"]), len(spk["train"][0].client_id)
+    (3, 64)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+
+BASE_VOICES = {  # language -> (espeak-ng voice, Common Voice accent label)
+    "de": (("de", "germany"),),
+    "fr": (("fr-fr", "france"), ("fr-be", "belgium")),
+    "es": (("es", "nortepeninsular"), ("es-419", "mexicano")),
+    "en": (("en-us", "us"), ("en-gb", "england")),
+}
+MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7")
+FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
+RATES = (120, 135, 150, 165)  # words per minute (espeak-ng's default, 175, is brisk)
+PITCHES = (35, 50, 65)
+AGES = ("teens", "twenties", "thirties", "fourties", "fifties", "sixties")  # Common Voice's spelling
+
+
+@dataclasses.dataclass(frozen=True)
+class Speaker:
+    """One synthetic speaker: ``espeak-ng -v <voice> -s <rate> -p <pitch>``."""
+
+    lang: str
+    voice: str  # e.g. "de+m3"
+    rate: int
+    pitch: int
+    accent: str
+
+    @property
+    def client_id(self) -> str:
+        key = f"speechllm-mini-corpus\t{self.lang}\t{self.voice}\t{self.rate}\t{self.pitch}"
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    @property
+    def gender(self) -> str:
+        return "female" if self.voice.split("+")[1].startswith("f") else "male"
+
+    @property
+    def age(self) -> str:
+        return AGES[int(self.client_id[:8], 16) % len(AGES)]
+
+
+def split_variants(rng: random.Random) -> dict[str, list[str]]:
+    """Voice variants per split: one male and one female each for dev and test, the rest train."""
+    male, female = list(MALE_VARIANTS), list(FEMALE_VARIANTS)
+    rng.shuffle(male)
+    rng.shuffle(female)
+    return {"test": [male[0], female[0]], "dev": [male[1], female[1]], "train": male[2:] + female[2:]}
+
+
+def choose_speakers(lang: str, counts: dict[str, int], seed: int = 0) -> dict[str, list[Speaker]]:
+    """``counts[split]`` distinct speakers per split, voice variants disjoint between splits."""
+    if lang not in BASE_VOICES:
+        raise ValueError(f"no espeak-ng voices configured for language '{lang}'; choose from {sorted(BASE_VOICES)}")
+    rng = random.Random(f"mini-corpus-speakers\t{lang}\t{seed}")
+    variants = split_variants(rng)
+    speakers: dict[str, list[Speaker]] = {}
+    for split in ("train", "dev", "test"):
+        combos = [(v, b, r, p) for v in variants[split] for b in BASE_VOICES[lang] for r in RATES for p in PITCHES]
+        if counts.get(split, 0) > len(combos):
+            raise ValueError(f"{lang} {split}: {counts[split]} speakers asked, only {len(combos)} voice settings")
+        rng.shuffle(combos)
+        chosen, used = [], set()
+        for i in range(counts.get(split, 0)):
+            # variants in turn, so every voice of the split is used before one repeats
+            want = variants[split][i % len(variants[split])]
+            pick = next(c for c in combos if c[0] == want and c not in used)
+            used.add(pick)
+            variant, (base, accent), rate, pitch = pick
+            chosen.append(Speaker(lang, f"{base}+{variant}", rate, pitch, accent))
+        speakers[split] = chosen
+    return speakers
