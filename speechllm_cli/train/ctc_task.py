@@ -1,0 +1,211 @@
+"""CTC-compressor training (stage: train the CTC compressor on source transcripts) on the shared loop.
+
+The experiment config (``conf/train_ctc.yaml``) has the sections ``tokenizer`` (a token list dir,
+``data/token_list/<name>``), ``target_table`` (``text.src``: the CTC targets), ``model``
+(``CTCCompressorConfig``; ``vocab_size`` comes from the tokenizer) and ``train`` (``TrainConfig``).
+The global CMVN statistics of ``<train_dir>/cmvn.ark`` go into the model's buffers, so
+``<out_dir>`` alone rebuilds it: ``config.yaml`` + ``tokenizer/`` (a copy) + ``model.safetensors``.
+Validation reports the CTC loss and the greedy CER (%, spaces excluded) on the target table.
+
+Usage:
+    python -m speechllm_cli.train.ctc_task --config conf/train_ctc.yaml --train-data dump/train \\
+        --valid-data dump/dev --out exp/ctc_compressor [--resume] [--set train.max_steps=100] [--num-procs 2]
+
+    >>> from speechllm_cli.train.ctc_task import load_ctc_compressor, train_ctc           # doctest: +SKIP
+    >>> train_ctc("conf/train_ctc.yaml", "dump/train", "dump/dev", "exp/ctc_compressor")  # doctest: +SKIP
+    >>> model, tokenizer = load_ctc_compressor("exp/ctc_compressor", device="cpu")        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from speechllm_cli.features.cmvn import read_cmvn_stats
+from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConfig, ctc_loss, greedy_decode
+from speechllm_cli.score.metrics import cer
+from speechllm_cli.text.tokenizer import MODEL_NAME, TOKENS_NAME, Tokenizer
+from speechllm_cli.train.config import (
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    load_dataclass,
+    parse_override,
+    read_yaml,
+)
+from speechllm_cli.train.dataset import DumpDataset, require_file
+from speechllm_cli.train.distributed import launch
+from speechllm_cli.train.loop import Trainer
+from speechllm_cli.train.task import Stats, Task
+from speechllm_cli.utils.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class DataPaths:
+    """Recorded in config.yaml: the dump dirs a model was trained and validated on."""
+
+    train: str = ""
+    valid: str = ""
+
+
+@dataclasses.dataclass
+class CTCExperimentConfig:
+    tokenizer: str = ""  # token list dir: bpe.model + tokens.txt
+    target_table: Literal["text.src", "text"] = "text.src"
+    model: CTCCompressorConfig = dataclasses.field(default_factory=CTCCompressorConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    data: DataPaths = dataclasses.field(default_factory=DataPaths)
+
+
+def load_ctc_config(config_path: str | os.PathLike, overrides: dict | None = None) -> CTCExperimentConfig:
+    """The experiment config of ``config_path`` with dotted ``overrides`` (``{"train.lr": 1e-3}``) applied."""
+    mapping = apply_overrides(read_yaml(config_path), overrides)
+    return load_dataclass(CTCExperimentConfig, mapping, source=str(config_path))
+
+
+class CTCTask(Task):
+    """CTC compressor: fbank -> CTC ids of the target table; validation adds greedy CER."""
+
+    length_key = "num_frames"
+
+    def __init__(self, config: CTCExperimentConfig, tokenizer: Tokenizer, cmvn_stats: np.ndarray | None):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.cmvn_stats = cmvn_stats
+        self.text_key = {"text.src": "text_src", "text": "text"}[config.target_table]
+
+    def build_model(self) -> nn.Module:
+        return CTCCompressor(self.config.model, vocab_size=self.tokenizer.vocab_size, cmvn_stats=self.cmvn_stats)
+
+    def collate(self, examples: list[dict]) -> dict:
+        feats = [torch.from_numpy(e["feats"]) for e in examples]  # each (T, D)
+        targets = [torch.tensor(self.tokenizer.encode(e[self.text_key]), dtype=torch.long) for e in examples]
+        return {
+            "feats": nn.utils.rnn.pad_sequence(feats, batch_first=True),  # (B, T, D) zero-padded
+            "feat_lens": torch.tensor([len(f) for f in feats]),  # (B,)
+            "targets": nn.utils.rnn.pad_sequence(targets, batch_first=True, padding_value=-1),  # (B, S)
+            "target_lens": torch.tensor([len(t) for t in targets]),  # (B,)
+            "texts": [e[self.text_key] for e in examples],
+            "utt_ids": [e["utt_id"] for e in examples],
+        }
+
+    def compute_loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, Stats]:
+        output = model(batch["feats"], batch["feat_lens"])
+        loss = ctc_loss(output, batch["targets"], batch["target_lens"])  # mean over utterances
+        num_utts = float(len(batch["feat_lens"]))
+        return loss, {"loss": (loss.item() * num_utts, num_utts)}
+
+    def validate_batch(self, model: nn.Module, batch: dict) -> Stats:
+        output = model(batch["feats"], batch["feat_lens"])
+        loss = ctc_loss(output, batch["targets"], batch["target_lens"]).item()
+        hyps = [self.tokenizer.decode(ids) for ids in greedy_decode(output.logits, output.hidden_lens)]
+        counts = cer(batch["texts"], hyps)
+        num_utts = float(len(hyps))
+        return {"loss": (loss * num_utts, num_utts), "cer": (100.0 * counts.errors, float(counts.ref_len))}
+
+
+def _copy_tokenizer(src: Path, out_dir: Path) -> None:
+    for name in (MODEL_NAME, TOKENS_NAME):
+        with atomic_path(out_dir / "tokenizer" / name) as tmp:
+            shutil.copyfile(src / name, tmp)
+
+
+def train_ctc(
+    config_path: str | os.PathLike,
+    train_dir: str | os.PathLike,
+    valid_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    resume: bool = False,
+    overrides: dict | None = None,
+) -> Path:
+    """Train the CTC compressor on dump dirs ``train_dir`` (with ``cmvn.ark``) and ``valid_dir``;
+    returns ``<out_dir>/model.safetensors``. Run it under torchrun for data parallelism."""
+    config = load_ctc_config(config_path, overrides)
+    if not config.tokenizer:
+        raise ConfigError(f"{config_path}: 'tokenizer' is not set; give the token list dir, e.g. data/token_list/bpe")
+    tokenizer = Tokenizer.load(config.tokenizer)
+    config.model = dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size)
+    config.data = DataPaths(train=str(train_dir), valid=str(valid_dir))
+    cmvn_stats = read_cmvn_stats(require_file(Path(train_dir) / "cmvn.ark"))
+    train_set = DumpDataset(train_dir, require=(config.target_table,))
+    valid_set = DumpDataset(valid_dir, require=(config.target_table,))
+    dims = train_set[0]["feats"].shape[1]
+    if dims != config.model.input_dim or cmvn_stats.shape[1] - 1 != dims:
+        raise ConfigError(f"{config_path}: model.input_dim is {config.model.input_dim} but {train_dir} has {dims}-dim "
+                          f"features and {cmvn_stats.shape[1] - 1}-dim CMVN stats; set model.input_dim or redo stage 2")
+    if int(os.environ.get("RANK", "0")) == 0:
+        _copy_tokenizer(Path(config.tokenizer), Path(out_dir))
+    task = CTCTask(config, tokenizer, cmvn_stats)
+    return Trainer(task, train_set, valid_set, config.train, out_dir, resolved_config=config).run(resume=resume)
+
+
+def load_ctc_compressor(
+    model_dir: str | os.PathLike, device: str | torch.device = "cpu", variant: str = "model"
+) -> tuple[CTCCompressor, Tokenizer]:
+    """A trained compressor (eval mode) and its tokenizer from ``model_dir``; ``variant`` picks
+    ``model`` (final), ``model.best`` or ``model.avg``."""
+    model_dir = Path(model_dir)
+    config = load_dataclass(CTCExperimentConfig, read_yaml(model_dir / "config.yaml"),
+                            source=str(model_dir / "config.yaml"))
+    token_dir = model_dir / "tokenizer" if (model_dir / "tokenizer" / MODEL_NAME).is_file() else Path(config.tokenizer)
+    tokenizer = Tokenizer.load(token_dir)
+    weights = model_dir / f"{variant}.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} missing: training did not finish; rerun train-ctc with --resume")
+    model = CTCCompressor(config.model)
+    model.load_state_dict(load_file(str(weights)))
+    return model.to(device).eval(), tokenizer
+
+
+def launch_train_ctc(num_procs: int, config_path, train_dir, valid_dir, out_dir, resume: bool = False,
+                     overrides: dict | None = None) -> int:
+    """``train_ctc`` in ``num_procs`` processes under torchrun; returns the exit code."""
+    args = ["--config", str(config_path), "--train-data", str(train_dir), "--valid-data", str(valid_dir),
+            "--out", str(out_dir), *(["--resume"] if resume else [])]
+    for key, value in (overrides or {}).items():
+        args += ["--set", f"{key}={json.dumps(value)}"]  # JSON is YAML: the value parses back as it was
+    return launch(num_procs, __name__ if __name__ != "__main__" else "speechllm_cli.train.ctc_task", args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry (also what torchrun runs in each process)."""
+    from speechllm_cli.utils.logging import setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m speechllm_cli.train.ctc_task", description=train_ctc.__doc__)
+    parser.add_argument("--config", required=True, help="experiment YAML (tokenizer, model, train sections)")
+    parser.add_argument("--train-data", required=True, help="training dump dir (feats.scp, cmvn.ark, text.src)")
+    parser.add_argument("--valid-data", required=True, help="validation dump dir")
+    parser.add_argument("--out", required=True, help="experiment dir, e.g. exp/ctc_compressor")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=5e-4 (repeatable)")
+    parser.add_argument("--num-procs", type=int, default=1, help="data-parallel processes (torchrun)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        overrides = dict(parse_override(s) for s in args.set)
+        if args.num_procs > 1 and "WORLD_SIZE" not in os.environ:
+            sys.exit(launch_train_ctc(args.num_procs, args.config, args.train_data, args.valid_data, args.out,
+                                      args.resume, overrides))
+        train_ctc(args.config, args.train_data, args.valid_data, args.out, resume=args.resume, overrides=overrides)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        logger.error("%s", exc)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
