@@ -82,6 +82,8 @@ class CTCTask(Task):
 
     length_key = "num_frames"
 
+    model_type = "ctc_compressor"
+
     def __init__(self, config: CTCExperimentConfig, tokenizer: Tokenizer, cmvn_stats: np.ndarray | None):
         self.config = config
         self.tokenizer = tokenizer

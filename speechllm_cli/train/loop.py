@@ -25,6 +25,8 @@ import contextlib
 import json
 import logging
 import math
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -142,6 +144,8 @@ class Trainer:
         model = self.task.build_model().to(self.env.device)
         self.params = [p for p in model.parameters() if p.requires_grad]
         num_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        self.param_counts = {"params_trained": sum(p.numel() for p in self.params),
+                             "params_total": sum(p.numel() for p in self.params) + num_frozen}
         logger.info("model: %s; %.2fM trainable parameters, %.2fM frozen", type(model).__name__,
                     sum(p.numel() for p in self.params) / 1e6, num_frozen / 1e6)
         self.optimizer = build_optimizer(model, cfg)
@@ -164,12 +168,14 @@ class Trainer:
         self.history: list[dict] = []
         self.epoch_stats: Stats = {}
         self.best: dict = {"epoch": None, "value": None}
+        self.earlier_train_seconds = 0.0  # wall time of the runs before a resume
         torch.manual_seed(cfg.seed + env.rank)  # per-rank randomness (dropout) from here on
         if resume and found is not None:
             self._load_checkpoint(model, found)
         elif resume:
             logger.warning("--resume: no checkpoint in %s, starting from scratch", self.ckpt_dir)
         self.model = DistributedDataParallel(model) if env.distributed else model
+        self.run_start = time.perf_counter()
 
     def _setup_logging(self) -> None:
         root = logging.getLogger()
@@ -309,6 +315,10 @@ class Trainer:
         self.save_checkpoint()
 
     # ------------------------------------------------------------------ checkpoints
+    def train_seconds(self) -> float:
+        """Wall time spent training so far, over every run of this experiment (resumes included)."""
+        return self.earlier_train_seconds + time.perf_counter() - self.run_start
+
     def save_checkpoint(self) -> None:
         rng_states = all_gather(ckpt.rng_state(), self.env)  # a collective: every rank calls it
         if not self.env.is_main:
@@ -320,7 +330,7 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos,
             "epoch_stats": {k: list(v) for k, v in self.epoch_stats.items()},
             "history": self.history, "best": self.best,
-            "rng": rng_states, "world_size": self.env.world_size,
+            "rng": rng_states, "world_size": self.env.world_size, "train_seconds": self.train_seconds(),
         }
         path = ckpt.save_checkpoint(ckpt.checkpoint_path(self.ckpt_dir, self.step), payload)
         ckpt.prune_checkpoints(self.ckpt_dir, self.config.keep_last_checkpoints)
@@ -334,6 +344,7 @@ class Trainer:
         self.step, self.epoch, self.batch_pos = state["step"], state["epoch"], state["batch_pos"]
         self.epoch_stats = {k: tuple(v) for k, v in state["epoch_stats"].items()}
         self.history, self.best = state["history"], state["best"]
+        self.earlier_train_seconds = state.get("train_seconds", 0.0)
         if state["world_size"] == self.env.world_size:
             ckpt.set_rng_state(state["rng"][self.env.rank])
         else:
@@ -357,7 +368,10 @@ class Trainer:
             self.task.save_model(self.model, avg, self.out_dir, "model.avg")
             chosen = {"avg": avg, "best": best, "last": last}[cfg.final_model]
             final = self.task.save_model(self.model, chosen, self.out_dir, "model")
-            logger.info("final model (%s): %s", cfg.final_model, final)
+            info = {"model_type": self.task.model_type, **self.param_counts, "train_time_s": self.train_seconds(),
+                    "processes": self.env.world_size, "command": shlex.join(sys.argv)}
+            atomic_write_text(self.out_dir / "model_info.json", json.dumps(info, indent=1) + "\n")
+            logger.info("final model (%s): %s; %.1f min of training", cfg.final_model, final, info["train_time_s"] / 60)
         return final
 
 

@@ -89,6 +89,7 @@ class Task:
     """Base class of the model-specific part of training; subclass and fill in the first three methods."""
 
     length_key: str = "num_frames"
+    model_type: str = "model"  # recorded in model_info.json (the results table's "type" column)
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError

@@ -1,0 +1,373 @@
+"""Speech-LLaMA: frozen CTC compressor -> compression -> audio encoder -> frozen LLM with LoRA.
+
+Example (see tests/_speech_llm_fixtures.py for a tiny LLaMA and compressor)::
+
+    from speechllm_cli.models.speech_llm import SpeechLLMConfig, build_speech_llm, load_speech_llm, save_speech_llm
+
+    config = SpeechLLMConfig(llm="/tmp/smollm2_hf", compression="frame_average")
+    model = build_speech_llm(config, compressor_dir="exp/ctc_compressor", device="cpu")
+    prompts = [model.prompt_ids("st")] * len(texts)           # bos/template head + prompt, per utterance
+    targets = [model.encode_target(t) for t in texts]         # target text, no special tokens
+    loss, stats = model(feats, feat_lens, prompts, targets)   # feats (B, T, 80), feat_lens (B,)
+    loss.backward()                                           # grads reach the audio encoder and LoRA only
+    save_speech_llm(model, "exp/speech_llm/model")
+    model = load_speech_llm("exp/speech_llm/model", device="cpu")
+    hyps = model.greedy_decode(feats, feat_lens, prompts, max_new_tokens=100)   # token ids per utterance
+
+Sequence per utterance (right-padded in a batch)::
+
+    prompt_ids (bos + prompt text, or chat template head + prompt)  audio embeddings
+    post-audio ids (separator, or chat template end of user turn + assistant header)  target ids  end id
+
+Positions run 0..len-1 through the audio span; labels are -100 everywhere but the target and end ids (HF
+convention: labels line up with the inputs, the model shifts them). The loss is the mean over utterances of
+each utterance's per-token mean cross-entropy, so a batch's loss equals the mean of its utterances' losses.
+``audio_attention="bidirectional"`` lets audio positions see each other (a prefix-LM mask, a 4D mask
+given to the LLM; sdpa or eager attention); ``"causal"`` keeps the LLM's own causal mask.
+Saving, loading and the LLM hash check live in speech_llm_io.py, the masks and the decoding prefix in
+speech_llm_layout.py (both re-exported here).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechllm_cli.models.audio_encoder import AudioEncoder, AudioEncoderConfig
+from speechllm_cli.models.llm import prepare_tokenizer
+from speechllm_cli.models.speech_llm_io import build_speech_llm, load_speech_llm, save_speech_llm
+from speechllm_cli.models.speech_llm_layout import IGNORE_INDEX, Prefix, as_llm_mask, prefix_lm_mask
+
+logger = logging.getLogger(__name__)
+
+COMPRESSION_MODES = ("frame_average", "blank_remove", "none")
+AUDIO_ATTENTION = ("causal", "bidirectional")
+_AUDIO_MARKER = "<<<speechllm-audio>>>"
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 2  # 0 = no LoRA (only the audio encoder trains)
+    alpha: float = 4.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class SpeechLLMConfig:
+    llm: str = ""  # Hugging Face model dir or .gguf file; "" = the embedded SmolLM2 GGUF (slow: export it once)
+    dtype: str = "float32"  # LLM weights: float32 | bfloat16 | float16
+    attn_implementation: str = "sdpa"
+    compression: Literal["frame_average", "blank_remove", "none"] = "frame_average"
+    blank_id: int = 0
+    prompts: dict[str, str] = field(
+        default_factory=lambda: {"st": "Translate the audio into English:", "asr": "Transcribe the audio:"}
+    )
+    use_chat_template: bool = False
+    separator: str = "\n"  # text between the audio and the target when no chat template is used
+    audio_attention: Literal["causal", "bidirectional"] = "causal"  # bidirectional: within the audio span
+    gradient_checkpointing: bool = False  # recompute LLM activations in backward (large LLMs)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+
+    def __post_init__(self):
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
+        if isinstance(self.encoder, dict):
+            self.encoder = AudioEncoderConfig(**self.encoder)
+        if self.compression not in COMPRESSION_MODES:
+            raise ValueError(f"compression {self.compression!r} is not one of {COMPRESSION_MODES}")
+        if self.audio_attention not in AUDIO_ATTENTION:
+            raise ValueError(f"audio_attention {self.audio_attention!r} is not one of {AUDIO_ATTENTION}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SpeechLLM(nn.Module):
+    """Frozen compressor + trainable audio encoder + frozen LLM (+ trainable LoRA when ``lora.rank > 0``)."""
+
+    def __init__(self, config: SpeechLLMConfig, compressor: nn.Module, llm: nn.Module, tokenizer, adapter_dir=None):
+        super().__init__()
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        self.config = config
+        self.compressor = compressor.eval().requires_grad_(False)
+        self.tokenizer = prepare_tokenizer(tokenizer)
+        llm.requires_grad_(False)
+        if config.lora.rank > 0 and adapter_dir is not None:
+            llm = PeftModel.from_pretrained(llm, str(adapter_dir), is_trainable=True)
+        elif config.lora.rank > 0:
+            lora = config.lora
+            llm = get_peft_model(
+                llm,
+                LoraConfig(
+                    r=lora.rank,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=list(lora.target_modules),
+                    bias="none",
+                    task_type="CAUSAL_LM",
+                ),
+            )
+        self.llm = llm
+        if config.gradient_checkpointing:
+            hf_llm, kwargs = self.hf_llm, {"use_reentrant": False}
+            if hasattr(hf_llm, "activation_checkpointing_enable"):  # transformers >= 5
+                hf_llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                hf_llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self.llm_hash: str | None = None  # content hash of the LLM, set by build_speech_llm / load_speech_llm
+        self.compressor_dir: str | None = None
+        hf_config = self.hf_llm.config
+        self.encoder = AudioEncoder(config.encoder, _compressor_dim(compressor), hf_config.hidden_size)
+        self.pad_id = self.tokenizer.pad_token_id
+        decoder_args = inspect.signature(self.hf_llm.get_decoder().forward).parameters
+        self._cache_kwarg = "cache" if "cache" in decoder_args else "past_key_values"  # transformers >= 5.x: cache
+        self._prompt_cache: dict[str, list[int]] = {}
+        self.post_audio_ids, self.end_id = self._template_parts()
+        for text in config.prompts.values():
+            self.prompt_ids_for_text(text)  # checks every configured prompt now
+
+    # ----- text side -----
+    @property
+    def hf_llm(self) -> nn.Module:
+        """The transformers causal LM (with LoRA layers injected when LoRA is on)."""
+        return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+
+    def _render_chat(self, prompt: str) -> tuple[str, str]:
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt + _AUDIO_MARKER}], tokenize=False, add_generation_prompt=True
+        )
+        if text.count(_AUDIO_MARKER) != 1:
+            raise ValueError(f"chat template of {self.tokenizer.name_or_path} does not keep the user text verbatim")
+        pre, post = text.split(_AUDIO_MARKER)
+        return pre, post
+
+    def _template_parts(self) -> tuple[list[int], int]:
+        tok = self.tokenizer
+        if not self.config.use_chat_template:
+            if tok.eos_token_id is None:
+                raise ValueError(f"tokenizer {tok.name_or_path} has no eos token to end the target with")
+            return self._encode(self.config.separator), tok.eos_token_id
+        if not tok.chat_template:
+            raise ValueError(f"use_chat_template is set but tokenizer {tok.name_or_path} has no chat template")
+        _, post = self._render_chat("")
+        # the end token is the first special token the template writes after an assistant answer
+        full = tok.apply_chat_template(
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], tokenize=False
+        )
+        special = set(tok.all_special_ids)
+        after = [i for i in self._encode(full.rsplit("y", 1)[1]) if i in special]
+        end_id = after[0] if after else tok.eos_token_id
+        if end_id is None:
+            raise ValueError(f"cannot tell the end-of-answer token of {tok.name_or_path}'s chat template")
+        return self._encode(post), end_id
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids) if text else []
+
+    def prompt_ids_for_text(self, prompt: str) -> list[int]:
+        """Token ids before the audio for ``prompt``: [bos] + prompt, or the chat template head + prompt."""
+        if prompt not in self._prompt_cache:
+            if self.config.use_chat_template:
+                pre, post = self._render_chat(prompt)
+                if self._encode(post) != self.post_audio_ids:
+                    raise ValueError(f"chat template puts different text after the audio for prompt {prompt!r}")
+                ids = self._encode(pre)
+            else:
+                bos = self.tokenizer.bos_token_id
+                ids = ([bos] if bos is not None else []) + self._encode(prompt)
+            self._prompt_cache[prompt] = ids
+        return list(self._prompt_cache[prompt])
+
+    def prompt_ids(self, task: str) -> list[int]:
+        """Prompt ids for a task named in ``config.prompts`` (``"st"``, ``"asr"``)."""
+        if task not in self.config.prompts:
+            raise KeyError(f"no prompt for task {task!r}; known tasks: {sorted(self.config.prompts)}")
+        return self.prompt_ids_for_text(self.config.prompts[task])
+
+    def encode_target(self, text: str) -> list[int]:
+        """Target text -> token ids (no special tokens; the end id is added by build_inputs)."""
+        return self._encode(text)
+
+    def decode_target(self, ids: list[int]) -> str:
+        return self.tokenizer.decode([i for i in ids if i != self.end_id], skip_special_tokens=True).strip()
+
+    # ----- audio side -----
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.compressor.eval()  # frozen: dropout off even while training
+        return self
+
+    def encode_audio(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """feats (B, T, 80), feat_lens (B,) -> audio_embeds (B, A, H_llm) in the LLM dtype, audio_lens (B,)."""
+        from speechllm_cli.models.compression import compress
+
+        with torch.no_grad():
+            hidden, hidden_lens, logits = self.compressor(feats, feat_lens)  # (B, T', D), (B,), (B, T', V)
+            labels = logits.argmax(-1)  # (B, T') greedy CTC labels
+            mode, blank_id = self.config.compression, self.config.blank_id
+            compressed, audio_lens = compress(hidden, hidden_lens, labels, mode, blank_id)  # (B, A, D), (B,)
+        audio_embeds = self.encoder(compressed.float(), audio_lens)  # (B, A, H)
+        return audio_embeds.to(self.hf_llm.dtype), audio_lens
+
+    # ----- sequence layout -----
+    def build_inputs(self, audio_embeds, audio_lens, prompt_ids, target_ids=None) -> dict:
+        """Right-padded LLM inputs for a batch (see the module docstring for the layout).
+
+        audio_embeds (B, A, H), audio_lens (B,), prompt_ids: B lists of ids, target_ids: B lists or None
+        (None = prefix only, no end id). Returns inputs_embeds (B, L, H), attention_mask ((B, L) long for
+        causal audio attention, (B, 1, L, L) for bidirectional), position_ids (B, L), labels (B, L).
+        """
+        batch = audio_embeds.shape[0]
+        if len(prompt_ids) != batch or (target_ids is not None and len(target_ids) != batch):
+            raise ValueError(f"batch of {batch} audio items but {len(prompt_ids)} prompts / targets")
+        audio_lens = [int(n) for n in audio_lens]
+        pieces = []  # per utterance: (prompt, audio length, post + target ids, number of label positions)
+        for b in range(batch):
+            tail = list(self.post_audio_ids)
+            n_labels = 0
+            if target_ids is not None:
+                tail += list(target_ids[b]) + [self.end_id]
+                n_labels = len(target_ids[b]) + 1
+            pieces.append((list(prompt_ids[b]), audio_lens[b], tail, n_labels))
+        lengths = [len(p) + a + len(t) for p, a, t, _ in pieces]
+        length = max(lengths)
+        ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
+        labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
+        audio_mask = torch.zeros(batch, length, dtype=torch.bool)
+        audio_index = torch.zeros(batch, length, dtype=torch.long)  # which audio frame fills a position
+        for b, (prompt, n_audio, tail, n_labels) in enumerate(pieces):
+            start = len(prompt)
+            ids[b, :start] = torch.tensor(prompt, dtype=torch.long)
+            audio_mask[b, start : start + n_audio] = True
+            audio_index[b, start : start + n_audio] = torch.arange(n_audio)
+            ids[b, start + n_audio : lengths[b]] = torch.tensor(tail, dtype=torch.long)
+            if n_labels:
+                labels[b, lengths[b] - n_labels : lengths[b]] = torch.tensor(tail[len(tail) - n_labels :])
+        device = audio_embeds.device
+        ids, labels, audio_mask, audio_index = (t.to(device) for t in (ids, labels, audio_mask, audio_index))
+        padding_mask = (torch.arange(length, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None])
+        token_embeds = self.hf_llm.get_input_embeddings()(ids)  # (B, L, H)
+        audio_at = audio_embeds.gather(1, audio_index[..., None].expand(-1, -1, audio_embeds.shape[2]))  # (B, L, H)
+        inputs_embeds = torch.where(audio_mask[..., None], audio_at.to(token_embeds.dtype), token_embeds)
+        position_ids = torch.arange(length, device=device)[None, :].expand(batch, -1)  # padding: inert, unused
+        attention_mask = padding_mask.long()
+        if self.config.audio_attention == "bidirectional":
+            impl = getattr(self.hf_llm.config, "_attn_implementation", None)
+            attention_mask = as_llm_mask(prefix_lm_mask(padding_mask, audio_mask), impl, token_embeds.dtype)
+        return {
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "labels": labels,
+        }
+
+    def prefix_inputs(self, feats, feat_lens, prompt_ids) -> Prefix:
+        """The prompt + audio (+ separator / assistant header) prefix of a batch, for cached decoding."""
+        audio_embeds, audio_lens = self.encode_audio(feats, feat_lens)
+        inputs = self.build_inputs(audio_embeds, audio_lens, prompt_ids, None)
+        inputs.pop("labels")
+        lengths = torch.tensor(
+            [len(p) + int(a) + len(self.post_audio_ids) for p, a in zip(prompt_ids, audio_lens)], device=feats.device
+        )
+        padding_mask = (torch.arange(inputs["position_ids"].shape[1], device=feats.device)[None] < lengths[:, None])
+        return Prefix(llm_inputs=inputs, padding_mask=padding_mask.long(), lengths=lengths)
+
+    # ----- LLM runs -----
+    def _hidden(self, inputs: dict, cache=None) -> torch.Tensor:
+        """Final hidden states (B, L, H) of the LLM decoder (LoRA applied), without the vocabulary projection."""
+        kwargs = {self._cache_kwarg: cache, "use_cache": cache is not None}
+        return self.hf_llm.get_decoder()(**inputs, **kwargs).last_hidden_state
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., H) -> (..., V) float32 logits."""
+        return self.hf_llm.get_output_embeddings()(hidden).float()
+
+    def forward(self, feats, feat_lens, prompt_ids, target_ids) -> tuple[torch.Tensor, dict]:
+        """Cross-entropy on target + end tokens: mean over utterances of each one's per-token mean.
+
+        Returns (loss, stats) with stats = {"loss", "acc" (token accuracy), "num_tokens", "num_utts"} as floats.
+        """
+        audio_embeds, audio_lens = self.encode_audio(feats, feat_lens)
+        inputs = self.build_inputs(audio_embeds, audio_lens, prompt_ids, target_ids)
+        labels = inputs.pop("labels")
+        hidden = self._hidden(inputs)  # (B, L, H)
+        next_labels = labels[:, 1:]  # (B, L-1) the token position t predicts
+        scored = next_labels != IGNORE_INDEX
+        logits = self._logits(hidden[:, :-1][scored])  # (N, V) only where a target token is predicted
+        targets = next_labels[scored]  # (N,)
+        nll = F.cross_entropy(logits, targets, reduction="none")  # (N,)
+        utt = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(scored)[scored]  # (N,)
+        per_utt = torch.zeros(labels.shape[0], device=nll.device).index_add_(0, utt, nll) / scored.sum(1)
+        loss = per_utt.mean()
+        with torch.no_grad():
+            correct = (logits.argmax(-1) == targets).sum().item()
+        stats = {"loss": loss.item(), "acc": correct / len(targets), "num_tokens": float(len(targets))}
+        stats["num_utts"] = float(labels.shape[0])
+        return loss, stats
+
+    @torch.no_grad()
+    def greedy_decode(self, feats, feat_lens, prompt_ids, max_new_tokens: int = 200) -> list[list[int]]:
+        """Greedy decoding with the KV cache; returns each utterance's target ids (end id excluded)."""
+        from transformers import DynamicCache
+
+        prefix = self.prefix_inputs(feats, feat_lens, prompt_ids)
+        cache = DynamicCache(config=self.hf_llm.config)
+        hidden = self._hidden(prefix.llm_inputs, cache)  # (B, L, H)
+        batch = hidden.shape[0]
+        last = self._logits(hidden[torch.arange(batch), prefix.lengths - 1])  # (B, V)
+        outputs: list[list[int]] = [[] for _ in range(batch)]
+        done = torch.zeros(batch, dtype=torch.bool, device=hidden.device)
+        for step in range(max_new_tokens):
+            next_ids = last.argmax(-1)  # (B,)
+            for b in torch.nonzero(~done & (next_ids != self.end_id)).flatten().tolist():
+                outputs[b].append(int(next_ids[b]))
+            done |= next_ids == self.end_id
+            if bool(done.all()):
+                break
+            step_inputs = prefix.step_inputs(step, self.hf_llm.get_input_embeddings()(next_ids[:, None]))
+            last = self._logits(self._hidden(step_inputs, cache)[:, -1])  # (B, V)
+        return outputs
+
+    # ----- trainable state (checkpoints) -----
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the parameters that train (audio encoder + LoRA): what a checkpoint needs."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = {name for name, p in self.named_parameters() if p.requires_grad}
+        if set(state) != expected:
+            raise KeyError(f"checkpoint does not match the model: missing {sorted(expected - set(state))[:5]}, "
+                           f"unexpected {sorted(set(state) - expected)[:5]}")
+        self.load_state_dict(state, strict=False)
+
+
+def _compressor_dim(compressor: nn.Module) -> int:
+    """Hidden size the compressor outputs (its config's d_model / hidden size)."""
+    for owner in (compressor, getattr(compressor, "config", None)):
+        for name in ("output_dim", "hidden_dim", "d_model", "hidden_size"):
+            value = getattr(owner, name, None)
+            if isinstance(value, int):
+                return value
+    raise AttributeError(f"cannot tell the hidden size of compressor {type(compressor).__name__}")
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "LoraSettings",
+    "Prefix",
+    "SpeechLLM",
+    "SpeechLLMConfig",
+    "build_speech_llm",
+    "load_speech_llm",
+    "prefix_lm_mask",
+    "save_speech_llm",
+]

@@ -1,0 +1,170 @@
+"""Build, save and load a SpeechLLM; a saved model records which LLM (path + content hash) and compressor it used.
+
+Example::
+
+    from speechllm_cli.models.speech_llm import SpeechLLMConfig, build_speech_llm, load_speech_llm, save_speech_llm
+
+    model = build_speech_llm(SpeechLLMConfig(llm="/tmp/smollm2_hf"), "exp/ctc_compressor")
+    save_speech_llm(model, "exp/speech_llm/model", extra={"step": 1000})
+    model = load_speech_llm("exp/speech_llm/model", device="cpu")
+
+A saved model dir holds::
+
+    audio_encoder.safetensors     the audio encoder
+    adapter/                      the LoRA adapter in PEFT's format (absent when lora.rank = 0);
+                                  peft.PeftModel.from_pretrained(llm, dir / "adapter") loads it on the same LLM
+    speech_llm.yaml               llm: {path, hash}, compressor_dir, config (SpeechLLMConfig), extra
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+from safetensors.torch import load_file, save_file
+
+from speechllm_cli.models.llm import find_embedded_gguf, llm_content_hash, load_llm
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from speechllm_cli.models.speech_llm import SpeechLLM, SpeechLLMConfig
+
+logger = logging.getLogger(__name__)
+
+RECORD_NAME = "speech_llm.yaml"
+ENCODER_NAME = "audio_encoder.safetensors"
+ADAPTER_DIR = "adapter"
+
+
+class LLMMismatchError(RuntimeError):
+    """The LLM found is not the one a speech-LLM was trained with."""
+
+
+def resolve_llm_path(llm: str | os.PathLike | None) -> Path:
+    """The configured LLM path, or the embedded SmolLM2 GGUF for ``""``/None."""
+    return Path(llm).resolve() if llm else find_embedded_gguf()
+
+
+def _load_compressor(compressor_dir, device):
+    from speechllm_cli.train.ctc_task import load_ctc_compressor
+
+    compressor, _ = load_ctc_compressor(compressor_dir, device)  # (model, its CTC tokenizer)
+    return compressor
+
+
+def build_speech_llm(
+    config: SpeechLLMConfig,
+    compressor_dir: str | os.PathLike | None,
+    device: str = "cpu",
+    compressor: nn.Module | None = None,
+) -> SpeechLLM:
+    """A fresh SpeechLLM: the LLM from ``config.llm``, the trained compressor from ``compressor_dir`` (or the
+    ``compressor`` module given), a new audio encoder and new LoRA weights."""
+    from speechllm_cli.models.speech_llm import SpeechLLM
+
+    llm_path = resolve_llm_path(config.llm)
+    if llm_path.suffix == ".gguf":
+        logger.warning("loading GGUF %s takes ~20 s each time; export it once with export_llm", llm_path)
+    llm, tokenizer = load_llm(llm_path, config.dtype, device, config.attn_implementation)
+    if compressor is None:
+        if compressor_dir is None:
+            raise ValueError("build_speech_llm needs compressor_dir (a trained CTC compressor) or a compressor module")
+        compressor = _load_compressor(compressor_dir, device)
+    model = SpeechLLM(config, compressor, llm, tokenizer).to(device)
+    model.llm_hash = llm_content_hash(llm_path)
+    model.compressor_dir = str(Path(compressor_dir).resolve()) if compressor_dir is not None else None
+    return model
+
+
+def save_speech_llm(model: SpeechLLM, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write the audio encoder, the LoRA adapter and speech_llm.yaml to ``out_dir`` (replaced atomically)."""
+    out_dir = Path(out_dir)
+    llm_path = resolve_llm_path(model.config.llm)
+    if model.llm_hash is None:
+        model.llm_hash = llm_content_hash(llm_path)
+    record = {
+        "llm": {"path": str(llm_path), "hash": model.llm_hash},
+        "compressor_dir": model.compressor_dir,
+        "config": model.config.to_dict(),
+        "extra": extra or {},
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        encoder_state = {k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()}
+        save_file(encoder_state, tmp_dir / ENCODER_NAME)
+        if model.config.lora.rank > 0:
+            model.llm.save_pretrained(tmp_dir / ADAPTER_DIR)
+        (tmp_dir / RECORD_NAME).write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
+        tmp_dir.chmod(0o755)
+        if out_dir.exists():
+            old_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            os.replace(out_dir, old_dir / "x")
+            os.replace(tmp_dir, out_dir)
+            shutil.rmtree(old_dir, ignore_errors=True)
+        else:
+            os.replace(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    logger.info("saved speech LLM to %s", out_dir)
+    return out_dir
+
+
+def read_record(model_dir: str | os.PathLike) -> dict:
+    """The parsed speech_llm.yaml of a saved model dir."""
+    path = Path(model_dir) / RECORD_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {model_dir} is not a saved speech-LLM (save_speech_llm writes it)")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def load_speech_llm(
+    model_dir: str | os.PathLike,
+    device: str = "cpu",
+    llm_path: str | os.PathLike | None = None,
+    compressor_dir: str | os.PathLike | None = None,
+    compressor: nn.Module | None = None,
+    trainable: bool = False,
+) -> SpeechLLM:
+    """Rebuild a saved SpeechLLM. The LLM is the recorded one unless ``llm_path`` is given; either way its content
+    hash must equal the recorded hash (LLMMismatchError otherwise). ``trainable=False`` freezes everything."""
+    from speechllm_cli.models.speech_llm import SpeechLLM, SpeechLLMConfig
+
+    model_dir = Path(model_dir)
+    record = read_record(model_dir)
+    config = SpeechLLMConfig(**record["config"])
+    llm = Path(llm_path) if llm_path else Path(record["llm"]["path"])
+    if not llm.exists():
+        raise FileNotFoundError(
+            f"LLM {llm} recorded in {model_dir / RECORD_NAME} not found; pass the path of the same LLM (llm_path=...)"
+        )
+    found_hash, recorded_hash = llm_content_hash(llm), record["llm"]["hash"]
+    if found_hash != recorded_hash:
+        raise LLMMismatchError(
+            f"LLM {llm} has content hash {found_hash}, but the speech LLM in {model_dir} was trained on an LLM with "
+            f"hash {recorded_hash} (recorded in {model_dir / RECORD_NAME}). Its adapter and audio encoder only fit "
+            "that LLM: point llm_path at the original LLM (re-export it with export_llm if it was a GGUF export), "
+            "or retrain the speech LLM on this one."
+        )
+    config.llm = str(llm)
+    llm_model, tokenizer = load_llm(llm, config.dtype, device, config.attn_implementation)
+    if compressor is None:
+        compressor_dir = compressor_dir or record.get("compressor_dir")
+        if not compressor_dir:
+            raise ValueError(f"{model_dir / RECORD_NAME} records no compressor_dir; pass compressor_dir=...")
+        compressor = _load_compressor(compressor_dir, device)
+    adapter = model_dir / ADAPTER_DIR if config.lora.rank > 0 else None
+    model = SpeechLLM(config, compressor, llm_model, tokenizer, adapter_dir=adapter)
+    model.encoder.load_state_dict(load_file(model_dir / ENCODER_NAME))
+    model.llm_hash = found_hash
+    model.compressor_dir = str(compressor_dir) if compressor_dir else record.get("compressor_dir")
+    if not trainable:
+        model.requires_grad_(False)
+    return model.to(device).train(trainable)

@@ -1,0 +1,199 @@
+"""Train a Speech-LLaMA model (audio encoder + LoRA on a frozen LLM) with the shared loop.
+
+Usage:
+    from speechllm_cli.train.speechllm_task import train_speechllm
+    model_dir = train_speechllm("conf/train_speechllm.yaml", "dump/train", "dump/dev", "exp/speechllm")
+    python -m speechllm_cli.train.speechllm_task --config conf/train_speechllm.yaml --train-data dump/train \\
+        --valid-data dump/dev --out exp/speechllm [--resume] [--set train.lr=1e-4] [--num-procs 2]
+
+Config (YAML)::
+
+    compressor_dir: exp/ctc_compressor     # a trained CTC compressor (train_ctc's output dir)
+    task: auto                             # asr for utt2lang in asr_langs, st otherwise; or a model.prompts key
+    asr_langs: [en]                        # source languages whose utterances are recognised, not translated
+    target: text                           # dump-dir table the model must output: text | text.src
+    model: {llm: exp/llm/smollm2_hf, compression: frame_average, lora: {rank: 2}, ...}   # SpeechLLMConfig
+    train: {lr: 1e-4, epochs: 10, ...}                                                    # TrainConfig
+
+``<out_dir>/model`` (and ``model.best``, ``model.avg``) are saved speech-LLM dirs: load them with
+``speechllm_cli.models.speech_llm.load_speech_llm``. Checkpoints hold the trainable state only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from speechllm_cli.models.speech_llm import SpeechLLMConfig, build_speech_llm, save_speech_llm
+from speechllm_cli.models.speech_llm_io import LLMMismatchError
+from speechllm_cli.train.config import (
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    load_dataclass,
+    parse_override,
+    read_yaml,
+)
+from speechllm_cli.train.dataset import DumpDataset
+from speechllm_cli.train.distributed import launch
+from speechllm_cli.train.task import Stats, Task, unwrap
+
+logger = logging.getLogger(__name__)
+TARGET_FIELDS = {"text": "text", "text.src": "text_src"}  # dump table -> DumpDataset example key
+
+
+@dataclasses.dataclass
+class SpeechLLMExperiment:
+    compressor_dir: str = ""
+    task: str = "auto"  # "auto": per utterance from utt2lang (asr_langs -> "asr", others -> "st"); or a prompt key
+    asr_langs: list[str] = dataclasses.field(default_factory=lambda: ["en"])
+    target: Literal["text", "text.src"] = "text"
+    model: SpeechLLMConfig = dataclasses.field(default_factory=SpeechLLMConfig)
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(lr=1e-4, warmup_steps=500, scheduler="warmup_cosine", betas=(0.9, 0.999))
+    )
+
+
+class SpeechLLMTask(Task):
+    """Batches of fbank + prompt ids + target ids; loss = SpeechLLM's target-only cross-entropy."""
+
+    model_type = "speech_llm"
+
+    def __init__(self, config: SpeechLLMExperiment):
+        self.config = config
+        self.prompt_ids: dict[str, list[int]] = {}  # task -> prompt ids; set by build_model (needs the tokenizer)
+        self.tokenizer = None
+
+    def build_model(self) -> nn.Module:
+        model = build_speech_llm(self.config.model, self.config.compressor_dir)
+        self.prompt_ids = {task: model.prompt_ids(task) for task in model.config.prompts}
+        self.tokenizer = model.tokenizer
+        return model
+
+    def collate(self, examples: list[dict]) -> dict:
+        if self.tokenizer is None:
+            raise RuntimeError("SpeechLLMTask.collate needs build_model() first (it brings the tokenizer)")
+        field = TARGET_FIELDS[self.config.target]
+        feats = [torch.from_numpy(e["feats"]) for e in examples]
+        targets = []
+        for e in examples:
+            text = e.get(field)
+            if text is None:
+                raise KeyError(f"utterance {e['utt_id']}: no '{self.config.target}' table in the dump dir")
+            targets.append(list(self.tokenizer(text, add_special_tokens=False).input_ids))
+        return {
+            "feats": nn.utils.rnn.pad_sequence(feats, batch_first=True),  # (B, T, 80)
+            "feat_lens": torch.tensor([len(f) for f in feats]),
+            "prompt_ids": [list(self.prompt_ids[self.task_of(e)]) for e in examples],
+            "target_ids": targets,
+            "utt_ids": [e["utt_id"] for e in examples],
+        }
+
+    def task_of(self, example: dict) -> str:
+        """The prompt key of an example: the configured task, or with ``task: auto`` asr/st from its language."""
+        if self.config.task != "auto":
+            return self.config.task
+        if example.get("lang") is None:
+            raise KeyError(f"utterance {example['utt_id']}: task 'auto' needs utt2lang in the dump dir "
+                           "(or set task: st / asr)")
+        return "asr" if example["lang"] in self.config.asr_langs else "st"
+
+    def compute_loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, Stats]:
+        loss, s = model(batch["feats"], batch["feat_lens"], batch["prompt_ids"], batch["target_ids"])
+        num_utts, num_tokens = s["num_utts"], s["num_tokens"]
+        return loss, {"loss": (s["loss"] * num_utts, num_utts), "acc": (s["acc"] * num_tokens, num_tokens)}
+
+    def trainable_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return unwrap(model).trainable_state_dict()
+
+    def load_trainable_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        unwrap(model).load_trainable_state_dict(state)
+
+    def save_model(self, model: nn.Module, state: dict[str, torch.Tensor], out_dir: Path, name: str) -> Path:
+        self.load_trainable_state_dict(model, state)
+        extra = {"task": self.config.task, "asr_langs": list(self.config.asr_langs), "target": self.config.target}
+        return save_speech_llm(unwrap(model), Path(out_dir) / name, extra=extra)
+
+
+def load_experiment(config_path: str | os.PathLike, overrides: dict | None = None) -> SpeechLLMExperiment:
+    """The experiment config of ``config_path`` with dotted ``overrides`` applied, checked."""
+    mapping = apply_overrides(read_yaml(config_path), overrides)
+    exp = load_dataclass(SpeechLLMExperiment, mapping, source=str(config_path))
+    if not exp.compressor_dir:
+        raise ConfigError(f"{config_path}: compressor_dir is empty; set it to a trained CTC compressor dir")
+    needed = ("asr", "st") if exp.task == "auto" else (exp.task,)
+    missing = [task for task in needed if task not in exp.model.prompts]
+    if missing:
+        known = sorted(exp.model.prompts)
+        raise ConfigError(f"{config_path}: task '{missing[0]}' has no prompt; model.prompts has {known} "
+                          "(task: auto needs asr and st)")
+    return exp
+
+
+def train_speechllm(
+    config_path: str | os.PathLike,
+    train_dir: str | os.PathLike,
+    valid_dir: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    resume: bool = False,
+    overrides: dict | None = None,
+) -> Path:
+    """Train a speech LLM on dump dirs; returns the final model dir (``<out_dir>/model``)."""
+    from speechllm_cli.train.loop import Trainer
+
+    exp = load_experiment(config_path, overrides)
+    require = (exp.target, "utt2lang") if exp.task == "auto" else (exp.target,)
+    train_set = DumpDataset(train_dir, require=require)
+    valid_set = DumpDataset(valid_dir, require=require) if valid_dir else None
+    return Trainer(SpeechLLMTask(exp), train_set, valid_set, exp.train, out_dir, resolved_config=exp).run(resume)
+
+
+def launch_train_speechllm(num_procs: int, config_path, train_dir, valid_dir, out_dir, resume: bool = False,
+                           overrides: dict | None = None) -> int:
+    """``train_speechllm`` in ``num_procs`` processes under torchrun; returns the exit code."""
+    args = ["--config", str(config_path), "--train-data", str(train_dir), "--valid-data", str(valid_dir or ""),
+            "--out", str(out_dir), *(["--resume"] if resume else [])]
+    for key, value in (overrides or {}).items():
+        args += ["--set", f"{key}={json.dumps(value)}"]  # JSON is YAML: the value parses back as it was
+    return launch(num_procs, "speechllm_cli.train.speechllm_task", args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry (also what torchrun runs in each process)."""
+    from speechllm_cli.utils.logging import setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m speechllm_cli.train.speechllm_task",
+                                     description=train_speechllm.__doc__)
+    parser.add_argument("--config", required=True, help="experiment YAML (compressor_dir, task, target, model, train)")
+    parser.add_argument("--train-data", required=True, help="training dump dir (feats.scp + the target table)")
+    parser.add_argument("--valid-data", default="", help="validation dump dir ('' = none)")
+    parser.add_argument("--out", required=True, help="experiment dir, e.g. exp/speechllm")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set model.lora.rank=4 (repeatable)")
+    parser.add_argument("--num-procs", type=int, default=1, help="data-parallel processes (torchrun)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        overrides = dict(parse_override(s) for s in args.set)
+        if args.num_procs > 1 and "WORLD_SIZE" not in os.environ:
+            sys.exit(launch_train_speechllm(args.num_procs, args.config, args.train_data, args.valid_data or None,
+                                            args.out, args.resume, overrides))
+        train_speechllm(args.config, args.train_data, args.valid_data or None, args.out, resume=args.resume,
+                        overrides=overrides)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, LLMMismatchError) as exc:
+        logger.error("%s", exc)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Fixtures for the Speech-LLaMA tests: a tiny random LLaMA with a real (tiny, trained) BPE tokenizer,
+a tiny CTC compressor with random weights, and 80-dim fbank of real espeak-ng speech."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from speech_synth import synth_speech
+
+HIDDEN = 64
+VOCAB = 320
+SENTENCES = [
+    "Transcribe the audio:",
+    "Translate the audio into English:",
+    "the cat sat on the mat",
+    "hello world, this is a small test",
+    "good morning, how are you today?",
+    "speech goes in and text comes out",
+    "user assistant system",
+]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_tokenizer(with_bos: bool = True):
+    """Byte-level BPE trained on a few sentences, wrapped as a transformers fast tokenizer (no pad token)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(SENTENCES * 4, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<|im_start|>" if with_bos else None, eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_llama(seed: int = 0, attn_implementation: str = "sdpa"):
+    """A 2-layer LLaMA: hidden 64, 4 heads, 2 kv heads, vocab 320, random weights, sharpened output logits."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2,
+        tie_word_embeddings=False, attn_implementation=attn_implementation,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(5.0)  # peakier distributions: training can move the loss, greedy paths differ
+    return model
+
+
+def save_tiny_llm(out_dir: Path, seed: int = 0, with_bos: bool = True, attn_implementation: str = "sdpa") -> Path:
+    """Save a tiny LLaMA + tokenizer as a Hugging Face directory; returns it."""
+    model = tiny_llama(seed, attn_implementation)
+    model.save_pretrained(out_dir)
+    make_tokenizer(with_bos).save_pretrained(out_dir)
+    return out_dir
+
+
+def tiny_compressor(seed: int = 0, vocab_size: int = 16):
+    """A CTCCompressor with a tiny config and random weights."""
+    from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConfig
+
+    torch.manual_seed(seed)
+    config = CTCCompressorConfig(d_model=32, num_heads=2, ff_dim=64, num_layers=2, dropout=0.0)
+    model = CTCCompressor(config, vocab_size=vocab_size).eval()
+    with torch.no_grad():  # fewer blanks than chance: compression keeps several frames per utterance
+        model.ctc_head.bias[model.blank_id] -= 1.0
+    return model
+
+
+def fbank(samples: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
+    """80-dim log-mel fbank, 25 ms / 10 ms, no dither; (T, 80) float32."""
+    import kaldi_native_fbank as knf
+
+    opts = knf.FbankOptions()
+    opts.frame_opts.dither = 0.0
+    opts.frame_opts.samp_freq = sample_rate
+    opts.mel_opts.num_bins = 80
+    computer = knf.OnlineFbank(opts)
+    computer.accept_waveform(sample_rate, (samples * 32768.0).tolist())
+    computer.input_finished()
+    return np.stack([computer.get_frame(i) for i in range(computer.num_frames_ready)]).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def speech_feats() -> tuple[np.ndarray, ...]:
+    """Mean/variance-normalised fbank of three espeak-ng utterances of different lengths."""
+    texts = ["hello world", "the cat sat on the mat", "good morning, how are you today?"]
+    feats = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, text in enumerate(texts):
+            samples = synth_speech(text, "en", Path(tmp) / f"{i}.wav", sample_rate=16000)
+            f = fbank(samples)
+            feats.append((f - f.mean(0)) / (f.std(0) + 1e-5))
+    return tuple(feats)
+
+
+def feats_batch(indices=(0, 1, 2)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-padded (B, T, 80) feats and (B,) lengths for the chosen utterances."""
+    chosen = [torch.from_numpy(speech_feats()[i]) for i in indices]
+    lens = torch.tensor([len(f) for f in chosen])
+    return torch.nn.utils.rnn.pad_sequence(chosen, batch_first=True), lens
+
+
+def make_model(llm_dir: Path, compressor=None, seed: int = 0, **overrides):
+    """A SpeechLLM on the tiny LLaMA in ``llm_dir`` with a tiny audio encoder (eval mode, dropout 0)."""
+    from speechllm_cli.models.audio_encoder import AudioEncoderConfig
+    from speechllm_cli.models.llm import load_llm
+    from speechllm_cli.models.speech_llm import SpeechLLM, SpeechLLMConfig
+
+    encoder = AudioEncoderConfig(num_layers=1, d_model=32, num_heads=2, ff_dim=64, dropout=0.0)
+    config = SpeechLLMConfig(llm=str(llm_dir), encoder=encoder, **overrides)
+    llm, tokenizer = load_llm(llm_dir, attn_implementation=config.attn_implementation)
+    torch.manual_seed(seed)
+    return SpeechLLM(config, compressor if compressor is not None else tiny_compressor(), llm, tokenizer).eval()
+
+
+TARGETS = ["hello world", "the cat sat on the mat", "good morning, how are you today?"]
