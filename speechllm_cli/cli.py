@@ -10,6 +10,15 @@ Usage:
     speechllm validate-data data/train
     speechllm fbank data/train dump/train --nj 2
     speechllm compute-cmvn dump/train
+    speechllm train-tokenizer --text dump/train/text.src --out-dir data/token_list/unigram300
+    speechllm train-ctc --config conf/train_ctc.yaml --train-data dump/train --valid-data dump/dev \\
+        --out exp/ctc_compressor
+    speechllm export-llm --out exp/llm/smollm2_hf
+    speechllm train --config conf/train_speechllm.yaml --train-data dump/train --valid-data dump/dev \\
+        --out exp/speechllm
+    speechllm decode --model exp/speechllm --data dump/test --beam 4
+    speechllm score exp/speechllm/decode_test
+    speechllm results exp
 """
 
 from __future__ import annotations
@@ -142,6 +151,204 @@ def split_data_cmd(
     except DataDirError as exc:
         _fail(str(exc))
     logger.info("wrote %s", ", ".join(str(p) for p in parts))
+
+
+# --------------------------------------------------------------------------- features (stage 2)
+
+
+@app.command("fbank")
+def fbank_cmd(
+    data_dir: Path = typer.Argument(..., help="Kaldi data dir with wav.scp."),
+    dump_dir: Path = typer.Argument(..., help="Output dump dir (feats.scp, arks, utt2num_frames, texts)."),
+    nj: int = typer.Option(1, help="Parallel jobs (split by speaker)."),
+    cmd: str = typer.Option("run.pl", help="Job launcher: run.pl (local) or slurm.pl (cluster), with options."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """80-dim Kaldi-compatible log-mel fbank (25 ms / 10 ms, 16 kHz); a re-run redoes only what is missing."""
+    from speechllm_cli.data.kaldi_dir import DataDirError
+    from speechllm_cli.features.fbank import make_fbank
+
+    try:
+        make_fbank(data_dir, dump_dir, nj=nj, cmd=cmd)
+    except (DataDirError, RuntimeError) as exc:
+        _fail(str(exc))
+
+
+@app.command("compute-cmvn")
+def compute_cmvn_cmd(
+    dump_dir: Path = typer.Argument(..., help="Training dump dir with feats.scp."),
+    out: Path | None = typer.Option(None, help="Output stats (default DUMP_DIR/cmvn.ark)."),
+) -> None:
+    """Global CMVN statistics in Kaldi's stats format (compute them on the training set only)."""
+    from speechllm_cli.features.cmvn import compute_cmvn
+
+    try:
+        compute_cmvn(dump_dir, out)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+
+
+# --------------------------------------------------------------------------- CTC compressor (stages 3-4)
+
+
+@app.command("train-tokenizer")
+def train_tokenizer_cmd(
+    text: list[Path] = typer.Option(..., help="Kaldi `utt text` file(s), e.g. dump/train/text.src (repeatable)."),
+    out_dir: Path = typer.Option(..., help="Output token list dir, e.g. data/token_list/unigram300."),
+    vocab_size: int = typer.Option(300, help="CTC output size, <blank> and <unk> included."),
+    model_type: str = typer.Option("unigram", help="unigram, bpe or char."),
+    character_coverage: float = typer.Option(1.0, help="Sentencepiece character coverage."),
+    seed: int = typer.Option(0, help="Recorded seed (training is deterministic)."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Train the CTC vocabulary (sentencepiece; <blank> first in tokens.txt) on source transcripts."""
+    from speechllm_cli.text.tokenizer import train_tokenizer
+
+    try:
+        train_tokenizer(text, out_dir, vocab_size, model_type=model_type, seed=seed,
+                        character_coverage=character_coverage)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    logger.info("wrote %s/bpe.model and tokens.txt", out_dir)
+
+
+TRAIN_HELP = {
+    "config": "Experiment YAML (sections: model, train, ...).",
+    "train_data": "Training dump dir (feats.scp, cmvn.ark, text files).",
+    "valid_data": "Validation dump dir.",
+    "out": "Experiment dir, e.g. exp/ctc_compressor.",
+    "resume": "Continue exactly from the newest checkpoint in --out.",
+    "set": "Override a config value, e.g. --set train.lr=5e-4 (repeatable).",
+    "num_procs": "Data-parallel processes (re-launched under torchrun).",
+}
+
+
+def _training_argv(config: Path, train_data: Path, valid_data: Path, out: Path, resume: bool,
+                   overrides: list[str], num_procs: int) -> list[str]:
+    argv = ["--config", str(config), "--train-data", str(train_data), "--valid-data", str(valid_data),
+            "--out", str(out), "--num-procs", str(num_procs)]
+    for override in overrides:
+        argv += ["--set", override]
+    return argv + (["--resume"] if resume else [])
+
+
+@app.command("train-ctc")
+def train_ctc_cmd(
+    config: Path = typer.Option(..., help=TRAIN_HELP["config"]),
+    train_data: Path = typer.Option(..., help=TRAIN_HELP["train_data"]),
+    valid_data: Path = typer.Option(..., help=TRAIN_HELP["valid_data"]),
+    out: Path = typer.Option(..., help=TRAIN_HELP["out"]),
+    resume: bool = typer.Option(False, help=TRAIN_HELP["resume"]),
+    set_: list[str] = typer.Option([], "--set", help=TRAIN_HELP["set"]),
+    num_procs: int = typer.Option(1, help=TRAIN_HELP["num_procs"]),
+) -> None:
+    """Pretrain the CTC compressor on source transcripts (shared training loop; DDP with --num-procs)."""
+    from speechllm_cli.train import ctc_task
+
+    ctc_task.main(_training_argv(config, train_data, valid_data, out, resume, set_, num_procs))
+
+
+@app.command("ctc-report")
+def ctc_report_cmd(
+    model: Path = typer.Option(..., help="Trained compressor dir (exp/ctc_compressor)."),
+    data: Path = typer.Option(..., help="Dump dir with text.src, e.g. dump/dev."),
+    batch_frames: int = typer.Option(20000, help="Padded frames per batch."),
+) -> None:
+    """Greedy CER and the length statistics (frames, compressed lengths, source tokens) on a set."""
+    from speechllm_cli.train.ctc_report import ctc_report
+
+    try:
+        ctc_report(model, data, batch_frames)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@app.command("ctc-compress")
+def ctc_compress_cmd(
+    model: Path = typer.Option(..., help="Trained compressor dir (exp/ctc_compressor)."),
+    data: Path = typer.Option(..., help="Dump dir, e.g. dump/dev."),
+    out: Path = typer.Option(..., help="Output dir for feats.{ark,scp} and utt2num_frames."),
+    mode: str = typer.Option("frame_average", help="frame_average, blank_remove or none."),
+    batch_frames: int = typer.Option(20000, help="Padded frames per batch."),
+) -> None:
+    """Dump the compressor's compressed representations (one vector per predicted label)."""
+    from speechllm_cli.train.ctc_report import ctc_compress
+
+    try:
+        ctc_compress(model, data, out, mode, batch_frames)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+
+
+# --------------------------------------------------------------------------- speech-LLM (stage 5)
+
+
+@app.command("export-llm")
+def export_llm_cmd(
+    out: Path = typer.Option(..., help="Output Hugging Face dir, e.g. exp/llm/smollm2_hf."),
+    gguf: Path | None = typer.Option(None, help="GGUF file to convert (default: the embedded SmolLM2)."),
+) -> None:
+    """Convert a GGUF LLM once into a safetensors Hugging Face dir (with tokenizer) that loads in well under 1 s."""
+    from speechllm_cli.models.llm import export_llm, find_embedded_gguf
+
+    try:
+        export_llm(gguf or find_embedded_gguf(), out)
+    except (FileNotFoundError, RuntimeError) as exc:
+        _fail(str(exc))
+
+
+@app.command("train")
+def train_cmd(
+    config: Path = typer.Option(..., help="Experiment YAML (compressor_dir, task, target, model, train)."),
+    train_data: Path = typer.Option(..., help=TRAIN_HELP["train_data"]),
+    valid_data: Path = typer.Option(..., help=TRAIN_HELP["valid_data"]),
+    out: Path = typer.Option(..., help="Experiment dir, e.g. exp/speechllm."),
+    resume: bool = typer.Option(False, help=TRAIN_HELP["resume"]),
+    set_: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set model.lora.rank=4."),
+    num_procs: int = typer.Option(1, help=TRAIN_HELP["num_procs"]),
+) -> None:
+    """Train Speech-LLaMA: audio encoder + LoRA on a frozen LLM, over the frozen CTC compressor."""
+    from speechllm_cli.train import speechllm_task
+
+    speechllm_task.main(_training_argv(config, train_data, valid_data, out, resume, set_, num_procs))
+
+
+# --------------------------------------------------------------------------- decoding (stage 6)
+
+
+@app.command("decode")
+def decode_cmd(
+    model: Path = typer.Option(..., help="Experiment dir (exp/speechllm) or a saved model dir (exp/speechllm/model)."),
+    data: Path = typer.Option(..., help="Dump dir to decode, e.g. dump/test."),
+    out: Path | None = typer.Option(None, help="Decode dir (default MODEL/decode_<data name>)."),
+    beam: int = typer.Option(1, help="Beam size (1: greedy search)."),
+    batch_size: int = typer.Option(8, help="Utterances per batch."),
+    max_new_tokens: int = typer.Option(200, help="Output cap in tokens (end token included)."),
+    max_len_a: float = typer.Option(0.0, help="Per-utterance cap ceil(a * seconds + b); 0: --max-new-tokens only."),
+    max_len_b: float = typer.Option(10.0, help="See --max-len-a."),
+    no_repeat_ngram: int = typer.Option(0, help="Ban repeated n-grams of this size (0: off)."),
+    length_penalty: float = typer.Option(1.0, help="Rank by logprob / length ** penalty."),
+    nbest: int = typer.Option(0, help="Write nbest.txt with this many hypotheses (<= beam)."),
+    task: str | None = typer.Option(None, help="asr or st for every utterance (default: from utt2lang)."),
+    nj: int = typer.Option(1, help="Parallel jobs (split by speaker), run through --cmd."),
+    cmd: str = typer.Option("run.pl", help="Job launcher: run.pl or slurm.pl, with options."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    llm: Path | None = typer.Option(None, help="LLM path if it moved since training (its hash must match)."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Beam or greedy search with the LLM's key/value cache; writes hyp.txt, ref.txt, decode.yaml and the RTF."""
+    from speechllm_cli.data.kaldi_dir import DataDirError
+    from speechllm_cli.decode.decode import decode, resolve_model_dir
+    from speechllm_cli.models.speech_llm_io import LLMMismatchError
+
+    try:
+        model_dir = resolve_model_dir(model)
+        decode(model_dir, data, out or model / f"decode_{data.name}", beam=beam, batch_size=batch_size,
+               max_new_tokens=max_new_tokens, max_len_a=max_len_a, max_len_b=max_len_b,
+               no_repeat_ngram=no_repeat_ngram, length_penalty=length_penalty, nbest=nbest, task=task, nj=nj,
+               cmd=cmd, device=device, llm_path=llm)
+    except (DataDirError, FileNotFoundError, ValueError, LLMMismatchError, RuntimeError) as exc:
+        _fail(str(exc))
 
 
 # --------------------------------------------------------------------------- scoring (stage 7)

@@ -18,10 +18,21 @@ mini_seed=0
 train_set=train
 valid_set=dev
 test_sets=test
+ctc_vocab=300         # CTC vocabulary size (sentencepiece unigram on source transcripts)
+ctc_config=conf/train_ctc.yaml
+ctc_exp=exp/ctc_compressor
+ctc_args=""           # extra CTC training options, e.g. "--set train.epochs=2 --num-procs 2"
+llm=""                # LLM: a Hugging Face dir or .gguf file; "" = the embedded SmolLM2 (exported in stage 5)
+llm_export=exp/llm/smollm2_hf
+slm_config=conf/train_speechllm.yaml
+slm_exp=exp/speechllm
+slm_args=""           # extra speech-LLM training options, e.g. "--set model.compression=blank_remove"
+decode_args="--beam 4 --batch-size 8 --max-len-a 6 --max-len-b 10 --no-repeat-ngram 4"
 
 help_message=$(cat <<HELP
 Usage: $0 [--stage N] [--stop-stage M] [--nj J] [--src-langs "de fr"] [--norm tc|lc.rm]
-Stages: 1 data preparation, 2 fbank features + CMVN.
+Stages: 1 data preparation, 2 fbank features + CMVN, 3 CTC tokenizer, 4 CTC compressor,
+        5 Speech-LLaMA training, 6 decoding, 7 scoring and the results table.
 HELP
 )
 
@@ -56,6 +67,56 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     speechllm fbank "data/${dset}" "dump/${dset}" --nj "${nj}" --cmd "${train_cmd}"
   done
   speechllm compute-cmvn "dump/${train_set}"
+fi
+
+token_list=data/token_list/unigram${ctc_vocab}
+
+if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
+  log "stage 3: CTC tokenizer (unigram, ${ctc_vocab} units) on dump/${train_set}/text.src"
+  speechllm train-tokenizer --text "dump/${train_set}/text.src" --out-dir "${token_list}" \
+    --vocab-size "${ctc_vocab}" --model-type unigram
+fi
+
+if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
+  log "stage 4: CTC compressor pretraining -> ${ctc_exp}"
+  resume=""; [ -d "${ctc_exp}/checkpoints" ] && resume="--resume"
+  # shellcheck disable=SC2086
+  speechllm train-ctc --config "${ctc_config}" --train-data "dump/${train_set}" \
+    --valid-data "dump/${valid_set}" --out "${ctc_exp}" --set "tokenizer=${token_list}" ${resume} ${ctc_args}
+  speechllm ctc-report --model "${ctc_exp}" --data "dump/${valid_set}"
+fi
+
+if [ -z "${llm}" ]; then
+  llm=${llm_export}
+  if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ ! -f "${llm}/config.json" ]; then
+    log "stage 5: exporting the embedded SmolLM2 GGUF to ${llm} (once)"
+    speechllm export-llm --out "${llm}"
+  fi
+fi
+
+if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+  log "stage 5: Speech-LLaMA training on ${llm} -> ${slm_exp}"
+  resume=""; [ -d "${slm_exp}/checkpoints" ] && resume="--resume"
+  # shellcheck disable=SC2086
+  speechllm train --config "${slm_config}" --train-data "dump/${train_set}" --valid-data "dump/${valid_set}" \
+    --out "${slm_exp}" --set "compressor_dir=${ctc_exp}" --set "model.llm=${llm}" ${resume} ${slm_args}
+fi
+
+if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
+  for dset in ${test_sets}; do
+    log "stage 6: decoding dump/${dset} with ${slm_exp} (${decode_args}, ${nj} jobs)"
+    # shellcheck disable=SC2086
+    speechllm decode --model "${slm_exp}" --data "dump/${dset}" --out "${slm_exp}/decode_${dset}" \
+      --nj "${nj}" --cmd "${decode_cmd}" ${decode_args}
+  done
+fi
+
+if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
+  log "stage 7: scoring (BLEU/chrF for X->en, WER/CER for en) and the results table"
+  for dset in ${test_sets}; do
+    speechllm score "${slm_exp}/decode_${dset}"
+  done
+  speechllm results exp
 fi
 
 log "done (stages ${stage}-${stop_stage})"
