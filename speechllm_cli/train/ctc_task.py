@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -173,16 +172,6 @@ def load_ctc_compressor(
     return model.to(device).eval(), tokenizer
 
 
-def launch_train_ctc(num_procs: int, config_path, train_dir, valid_dir, out_dir, resume: bool = False,
-                     overrides: dict | None = None) -> int:
-    """``train_ctc`` in ``num_procs`` processes under torchrun; returns the exit code."""
-    args = ["--config", str(config_path), "--train-data", str(train_dir), "--valid-data", str(valid_dir),
-            "--out", str(out_dir), *(["--resume"] if resume else [])]
-    for key, value in (overrides or {}).items():
-        args += ["--set", f"{key}={json.dumps(value)}"]  # JSON is YAML: the value parses back as it was
-    return launch(num_procs, __name__ if __name__ != "__main__" else "speechllm_cli.train.ctc_task", args)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry (also what torchrun runs in each process)."""
     from speechllm_cli.utils.logging import setup_logging
@@ -201,8 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         overrides = dict(parse_override(s) for s in args.set)
         if args.num_procs > 1 and "WORLD_SIZE" not in os.environ:
-            sys.exit(launch_train_ctc(args.num_procs, args.config, args.train_data, args.valid_data, args.out,
-                                      args.resume, overrides))
+            sys.exit(launch(args.num_procs, "speechllm_cli.train.ctc_task", sys.argv[1:] if argv is None else argv))
         train_ctc(args.config, args.train_data, args.valid_data, args.out, resume=args.resume, overrides=overrides)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
         logger.error("%s", exc)

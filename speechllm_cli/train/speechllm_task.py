@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -157,16 +156,6 @@ def train_speechllm(
     return Trainer(SpeechLLMTask(exp), train_set, valid_set, exp.train, out_dir, resolved_config=exp).run(resume)
 
 
-def launch_train_speechllm(num_procs: int, config_path, train_dir, valid_dir, out_dir, resume: bool = False,
-                           overrides: dict | None = None) -> int:
-    """``train_speechllm`` in ``num_procs`` processes under torchrun; returns the exit code."""
-    args = ["--config", str(config_path), "--train-data", str(train_dir), "--valid-data", str(valid_dir or ""),
-            "--out", str(out_dir), *(["--resume"] if resume else [])]
-    for key, value in (overrides or {}).items():
-        args += ["--set", f"{key}={json.dumps(value)}"]  # JSON is YAML: the value parses back as it was
-    return launch(num_procs, "speechllm_cli.train.speechllm_task", args)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry (also what torchrun runs in each process)."""
     from speechllm_cli.utils.logging import setup_logging
@@ -186,8 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         overrides = dict(parse_override(s) for s in args.set)
         if args.num_procs > 1 and "WORLD_SIZE" not in os.environ:
-            sys.exit(launch_train_speechllm(args.num_procs, args.config, args.train_data, args.valid_data or None,
-                                            args.out, args.resume, overrides))
+            module = "speechllm_cli.train.speechllm_task"
+            sys.exit(launch(args.num_procs, module, sys.argv[1:] if argv is None else argv))
         train_speechllm(args.config, args.train_data, args.valid_data or None, args.out, resume=args.resume,
                         overrides=overrides)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError, LLMMismatchError) as exc:
