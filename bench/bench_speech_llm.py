@@ -2,10 +2,12 @@
 
 Usage:
     .venv/bin/python bench/bench_speech_llm.py          # random compressor; SmolLM2 exported to /tmp/smollm2_hf
-    .venv/bin/python bench/bench_speech_llm.py --ctc-model-dir exp/ctc_compressor --threads 2
+    .venv/bin/python bench/bench_speech_llm.py --threads 2 \
+        --ctc-model-dir egs/covost2/exp/ctc_compressor --dump-dir egs/covost2/dump/dev
 
 The SpeechLLM step (compressor + compression + audio encoder + LLM with LoRA, forward + backward + AdamW) runs on
-random fbank of ~``--seconds`` s per utterance (lengths 80-100 % of it) and short random targets. The bare step
+``--batch`` real utterances of similar length from ``--dump-dir`` (else random fbank of ~``--seconds`` s, lengths
+80-100 % of it) and random targets of ``--target-tokens`` tokens. The bare step
 runs the same LLM with the same LoRA on random inputs_embeds as long as the SpeechLLM's LLM inputs, with HF's own
 loss over all positions. Tokens/s counts LLM input positions (padding excluded).
 """
@@ -53,7 +55,18 @@ def make_compressor(ctc_model_dir: str | None, device: str):
     return CTCCompressor(CTCCompressorConfig(vocab_size=500)).to(device).eval(), False
 
 
-def random_batch(args, generator):
+def timed_batch(args, generator):
+    """The batch the steps run on: ``--batch`` real utterances of similar length (as bucketing picks them) from
+    ``--dump-dir``, else random fbank of ~``--seconds`` s."""
+    if args.dump_dir:
+        from speechllm_cli.train.dataset import DumpDataset
+
+        data = DumpDataset(args.dump_dir)
+        feats = sorted((torch.from_numpy(data[i]["feats"]) for i in range(len(data))), key=len)
+        middle = len(feats) // 2
+        chosen = feats[middle : middle + args.batch]
+        lens = torch.tensor([len(f) for f in chosen])
+        return torch.nn.utils.rnn.pad_sequence(chosen, batch_first=True), lens
     frames = int(args.seconds * FRAMES_PER_SECOND)
     feat_lens = torch.randint(int(0.8 * frames), frames + 1, (args.batch,), generator=generator)
     feat_lens[0] = frames
@@ -146,7 +159,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     generator = torch.Generator().manual_seed(0)
-    feats, feat_lens = random_batch(args, generator)
+    feats, feat_lens = timed_batch(args, generator)
     feats, feat_lens = feats.to(device), feat_lens.to(device)
     vocab = model.hf_llm.config.vocab_size
     targets = [torch.randint(3, vocab, (args.target_tokens,), generator=generator).tolist() for _ in feat_lens]
@@ -205,11 +218,16 @@ def main() -> None:
 
     bare_target_s = time_steps(bare_target_step, args.steps, args.warmup)
 
-    print(f"device {device}, threads {args.threads}, dtype {args.dtype}, batch {args.batch} x {args.seconds:.1f} s, "
-          f"compression {args.compression} (compressor: {args.ctc_model_dir or 'RANDOM weights'}), "
-          f"LLM inputs {tokens} positions (max {length})")
+    audio_seconds = feat_lens.sum().item() / FRAMES_PER_SECOND
+    feat_padding = 1 - feat_lens.sum().item() / feats.shape[0] / feats.shape[1]
+    llm_padding = 1 - tokens / (args.batch * length)
+    print(f"device {device}, threads {args.threads}, dtype {args.dtype}, batch {args.batch} utterances, "
+          f"{audio_seconds:.1f} s of {'speech from ' + args.dump_dir if args.dump_dir else 'random fbank'}, "
+          f"compression {args.compression} (compressor: {args.ctc_model_dir or 'RANDOM weights'})")
+    print(f"LLM inputs {tokens} positions (longest {length}); padding {feat_padding:.1%} of fbank frames, "
+          f"{llm_padding:.1%} of LLM positions")
     print(f"SpeechLLM train step: {speech_s * 1000:.0f} ms, {tokens / speech_s:.0f} tokens/s, "
-          f"{args.batch * args.seconds / speech_s:.1f} audio s/s")
+          f"{audio_seconds / speech_s:.1f} audio s/s")
     print(f"bare LLM+LoRA step:   {bare_s * 1000:.0f} ms, {tokens / bare_s:.0f} tokens/s")
     print(f"bare, target-only logits: {bare_target_s * 1000:.0f} ms, {tokens / bare_target_s:.0f} tokens/s")
     print(f"ratio SpeechLLM / bare: {bare_s / speech_s * 100:.0f} % (full logits), "
