@@ -1,11 +1,11 @@
 # speechllm: `make install` sets everything up, `make test` runs the fast tests,
-# `make demo` runs the recipe on the embedded corpus. See README.md.
+# `make demo` runs the recipe on the embedded corpus, `make baselines` the paper's baselines. See README.md.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAGE ?= 1
 STOP_STAGE ?= 100
 
-.PHONY: install test test-slow demo lint bench clean
+.PHONY: install test test-slow demo baselines lint bench clean
 
 install:
 	tools/install_system.sh
@@ -19,6 +19,9 @@ test-slow:
 
 demo:
 	cd egs/covost2 && ./run.sh --stage $(STAGE) --stop-stage $(STOP_STAGE)
+
+baselines:  # after `make demo`: seq2seq from scratch + LLM n-best rescoring, one table with Speech-LLaMA
+	cd egs/covost2 && local/run_baselines.sh
 
 lint:
 	$(VENV)/bin/ruff check speechllm_cli tests bench

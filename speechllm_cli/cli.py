@@ -18,6 +18,11 @@ Usage:
         --out exp/speechllm
     speechllm decode --model exp/speechllm --data dump/test --beam 4
     speechllm score exp/speechllm/decode_test
+    speechllm train --config conf/train_seq2seq.yaml --train-data dump/train --valid-data dump/dev \
+        --out exp/seq2seq                                       # the baseline: model_type: seq2seq
+    speechllm decode --model exp/seq2seq --data dump/test --beam 4 --nbest 4 --ctc-weight 0.3
+    speechllm rescore --nbest exp/seq2seq/decode_test/nbest.txt --llm exp/llm/smollm2_hf \
+        --tune-nbest exp/seq2seq/decode_dev/nbest.txt --length-normalise --out exp/seq2seq/decode_test_llm_rescore
     speechllm results exp
 """
 
@@ -299,18 +304,29 @@ def export_llm_cmd(
 
 @app.command("train")
 def train_cmd(
-    config: Path = typer.Option(..., help="Experiment YAML (compressor_dir, task, target, model, train)."),
+    config: Path = typer.Option(..., help="Experiment YAML; its top-level model_type picks the model: speech_llm "
+                                "(the default: compressor_dir, task, target, model, train) or seq2seq (tokenizer, "
+                                "model, train)."),
     train_data: Path = typer.Option(..., help=TRAIN_HELP["train_data"]),
     valid_data: Path = typer.Option(..., help=TRAIN_HELP["valid_data"]),
-    out: Path = typer.Option(..., help="Experiment dir, e.g. exp/speechllm."),
+    out: Path = typer.Option(..., help="Experiment dir, e.g. exp/speechllm or exp/seq2seq."),
     resume: bool = typer.Option(False, help=TRAIN_HELP["resume"]),
     set_: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set model.lora.rank=4."),
     num_procs: int = typer.Option(1, help=TRAIN_HELP["num_procs"]),
 ) -> None:
-    """Train Speech-LLaMA: audio encoder + LoRA on a frozen LLM, over the frozen CTC compressor."""
-    from speechllm_cli.train import speechllm_task
+    """Train Speech-LLaMA (audio encoder + LoRA on a frozen LLM, over the frozen CTC compressor), or with
+    `model_type: seq2seq` in the config the encoder-decoder baseline from scratch."""
+    from speechllm_cli.train import seq2seq_task, speechllm_task
+    from speechllm_cli.train.config import ConfigError, read_yaml
 
-    speechllm_task.main(_training_argv(config, train_data, valid_data, out, resume, set_, num_procs))
+    try:
+        model_type = read_yaml(config).get("model_type", "speech_llm")
+    except ConfigError as exc:
+        _fail(str(exc))
+    tasks = {"speech_llm": speechllm_task, "seq2seq": seq2seq_task}
+    if model_type not in tasks:
+        _fail(f"{config}: model_type {model_type!r} is not one of {sorted(tasks)}")
+    tasks[model_type].main(_training_argv(config, train_data, valid_data, out, resume, set_, num_procs))
 
 
 # --------------------------------------------------------------------------- decoding (stage 6)
@@ -318,7 +334,8 @@ def train_cmd(
 
 @app.command("decode")
 def decode_cmd(
-    model: Path = typer.Option(..., help="Experiment dir (exp/speechllm) or a saved model dir (exp/speechllm/model)."),
+    model: Path = typer.Option(..., help="Experiment dir (exp/speechllm, exp/seq2seq) or a saved model dir "
+                               "(exp/speechllm/model): a speech-LLM or a seq2seq model."),
     data: Path = typer.Option(..., help="Dump dir to decode, e.g. dump/test."),
     out: Path | None = typer.Option(None, help="Decode dir (default MODEL/decode_<data name>)."),
     beam: int = typer.Option(1, help="Beam size (1: greedy search)."),
@@ -334,9 +351,11 @@ def decode_cmd(
     cmd: str = typer.Option("run.pl", help="Job launcher: run.pl or slurm.pl, with options."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     llm: Path | None = typer.Option(None, help="LLM path if it moved since training (its hash must match)."),
+    ctc_weight: float = typer.Option(0.0, help="seq2seq models: weight of the CTC prefix scores (0: attention only)."),
     config: Path | None = ConfigOption,
 ) -> None:
-    """Beam or greedy search with the LLM's key/value cache; writes hyp.txt, ref.txt, decode.yaml and the RTF."""
+    """Beam or greedy search (a speech-LLM with the LLM's key/value cache, or a seq2seq model); writes hyp.txt,
+    ref.txt, decode.yaml and the RTF."""
     from speechllm_cli.data.kaldi_dir import DataDirError
     from speechllm_cli.decode.decode import decode, resolve_model_dir
     from speechllm_cli.models.speech_llm_io import LLMMismatchError
@@ -346,8 +365,36 @@ def decode_cmd(
         decode(model_dir, data, out or model / f"decode_{data.name}", beam=beam, batch_size=batch_size,
                max_new_tokens=max_new_tokens, max_len_a=max_len_a, max_len_b=max_len_b,
                no_repeat_ngram=no_repeat_ngram, length_penalty=length_penalty, nbest=nbest, task=task, nj=nj,
-               cmd=cmd, device=device, llm_path=llm)
+               cmd=cmd, device=device, llm_path=llm, ctc_weight=ctc_weight)
     except (DataDirError, FileNotFoundError, ValueError, LLMMismatchError, RuntimeError) as exc:
+        _fail(str(exc))
+
+
+@app.command("rescore")
+def rescore_cmd(
+    nbest: Path = typer.Option(..., help="nbest.txt of a decode dir (decode with --nbest N), e.g. "
+                               "exp/seq2seq/decode_test/nbest.txt."),
+    llm: Path = typer.Option(..., help="LLM: a Hugging Face dir or a .gguf file, e.g. exp/llm/smollm2_hf."),
+    out: Path = typer.Option(..., help="New decode dir, e.g. exp/seq2seq/decode_test_rescore."),
+    weight: float = typer.Option(0.3, help="LLM weight L: rank by (1 - L) * decoder logprob + L * LLM logprob."),
+    length_normalise: bool = typer.Option(False, help="Divide each log-prob by its own token count first."),
+    batch_size: int = typer.Option(16, help="Hypotheses per LLM forward."),
+    tune_nbest: Path | None = typer.Option(None, help="Dev nbest.txt (its dir needs ref.txt and utt2lang): pick the "
+                                           "weight from --grid there (dev BLEU, or -WER for ASR-only sets); "
+                                           "replaces --weight."),
+    grid: str = typer.Option("0:1:0.1", help="Weights tried with --tune-nbest: start:stop:step, stop included."),
+    asr_langs: str = typer.Option("en", help="Source languages scored as recognition (WER) when tuning."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    dtype: str = typer.Option("float32", help="LLM dtype: float32, bfloat16 or float16."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Re-rank an n-best list with an LLM's log-prob of each hypothesis; writes a decode dir for `speechllm score`."""
+    from speechllm_cli.decode.rescore import rescore
+
+    try:
+        rescore(nbest, llm, out, weight=weight, length_normalise=length_normalise, batch_size=batch_size,
+                tune_nbest=tune_nbest, grid=grid, asr_langs=tuple(asr_langs.split()), device=device, dtype=dtype)
+    except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
 
 

@@ -106,3 +106,15 @@ def test_results_table(tmp_path):
     assert "| speechllm | speech_llm | test | de | 2 |" in table
     assert "1.50M / 136.00M | 10.0 min |" in table
     assert "decode: `speechllm decode --model exp/speechllm --data dump/test`" in table
+
+
+def test_results_table_labels_rescored_decodes(tmp_path):
+    d = write_decode_dir(tmp_path / "exp" / "seq2seq" / "decode_test_llm_rescore", ROWS)
+    score_decode_dir(d)
+    (d.parent / "model_info.json").write_text(json.dumps({
+        "model_type": "seq2seq", "params_trained": 2_000_000, "params_total": 2_000_000, "train_time_s": 60}))
+    (d / "rescore.yaml").write_text("llm_params: 134500000\ncommand: speechllm rescore --weight 0.3\n")
+    table = write_results(tmp_path / "exp").read_text()
+    assert "| seq2seq + LLM rescoring | seq2seq | test_llm_rescore | de | 2 |" in table
+    assert "2.00M / 136.50M | 1.0 min |" in table
+    assert "decode: `speechllm rescore --weight 0.3`" in table

@@ -18,21 +18,25 @@ mini_seed=0
 train_set=train
 valid_set=dev
 test_sets=test
+model_type=speech_llm # speech_llm (Speech-LLaMA) or seq2seq (the encoder-decoder baseline, from scratch)
 ctc_vocab=300         # CTC vocabulary size (sentencepiece unigram on source transcripts)
+tgt_vocab=150         # seq2seq target vocabulary (unigram on the target text; the embedded corpus allows <= 152)
 ctc_config=conf/train_ctc.yaml
 ctc_exp=exp/ctc_compressor
 ctc_args=""           # extra CTC training options, e.g. "--set train.epochs=2 --num-procs 2"
 llm=""                # LLM: a Hugging Face dir or .gguf file; "" = the embedded SmolLM2 (exported in stage 5)
 llm_export=exp/llm/smollm2_hf
-slm_config=conf/train_speechllm.yaml
-slm_exp=exp/speechllm
-slm_args=""           # extra speech-LLM training options, e.g. "--set model.compression=blank_remove"
+train_config=""       # "" = conf/train_speechllm.yaml or conf/train_seq2seq.yaml (by model_type)
+exp_dir=""            # "" = exp/speechllm or exp/seq2seq (by model_type)
+train_args=""         # extra training options, e.g. "--set model.compression=blank_remove --num-procs 2"
 decode_args="--beam 4 --batch-size 8 --max-len-a 6 --max-len-b 10 --no-repeat-ngram 4"
+nbest=0               # also write nbest.txt with this many hypotheses (for `speechllm rescore`)
 
 help_message=$(cat <<HELP
 Usage: $0 [--stage N] [--stop-stage M] [--nj J] [--src-langs "de fr"] [--norm tc|lc.rm]
-Stages: 1 data preparation, 2 fbank features + CMVN, 3 CTC tokenizer, 4 CTC compressor,
-        5 Speech-LLaMA training, 6 decoding, 7 scoring and the results table.
+       [--model-type speech_llm|seq2seq] [--llm DIR_OR_GGUF] [--train-args "..."] [--decode-args "..."]
+Stages: 1 data preparation, 2 fbank features + CMVN, 3 tokenizer (CTC source units; seq2seq: target units),
+        4 CTC compressor (speech_llm), 5 training, 6 decoding, 7 scoring and the results table.
 HELP
 )
 
@@ -40,6 +44,12 @@ HELP
 . ./path.sh
 . ./cmd.sh
 . utils/parse_options.sh
+
+case "${model_type}" in
+  speech_llm) train_config=${train_config:-conf/train_speechllm.yaml}; exp_dir=${exp_dir:-exp/speechllm} ;;
+  seq2seq) train_config=${train_config:-conf/train_seq2seq.yaml}; exp_dir=${exp_dir:-exp/seq2seq} ;;
+  *) echo "$0: --model-type must be speech_llm or seq2seq, not '${model_type}'" >&2; exit 1 ;;
+esac
 
 if [ -z "$COMMONVOICE" ]; then
   corpus=downloads/mini
@@ -70,14 +80,21 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
 fi
 
 token_list=data/token_list/unigram${ctc_vocab}
+tgt_token_list=data/token_list/tgt_unigram${tgt_vocab}
 
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
-  log "stage 3: CTC tokenizer (unigram, ${ctc_vocab} units) on dump/${train_set}/text.src"
-  speechllm train-tokenizer --text "dump/${train_set}/text.src" --out-dir "${token_list}" \
-    --vocab-size "${ctc_vocab}" --model-type unigram
+  if [ "${model_type}" = seq2seq ]; then
+    log "stage 3: target tokenizer (unigram, ${tgt_vocab} units) on dump/${train_set}/text"
+    speechllm train-tokenizer --text "dump/${train_set}/text" --out-dir "${tgt_token_list}" \
+      --vocab-size "${tgt_vocab}" --model-type unigram
+  else
+    log "stage 3: CTC tokenizer (unigram, ${ctc_vocab} units) on dump/${train_set}/text.src"
+    speechllm train-tokenizer --text "dump/${train_set}/text.src" --out-dir "${token_list}" \
+      --vocab-size "${ctc_vocab}" --model-type unigram
+  fi
 fi
 
-if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
+if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ] && [ "${model_type}" = speech_llm ]; then
   log "stage 4: CTC compressor pretraining -> ${ctc_exp}"
   resume=""; [ -d "${ctc_exp}/checkpoints" ] && resume="--resume"
   # shellcheck disable=SC2086
@@ -88,33 +105,41 @@ fi
 
 if [ -z "${llm}" ]; then
   llm=${llm_export}
-  if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ ! -f "${llm}/config.json" ]; then
+  if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ "${model_type}" = speech_llm ] \
+      && [ ! -f "${llm}/config.json" ]; then
     log "stage 5: exporting the embedded SmolLM2 GGUF to ${llm} (once)"
     speechllm export-llm --out "${llm}"
   fi
 fi
 
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
-  log "stage 5: Speech-LLaMA training on ${llm} -> ${slm_exp}"
-  resume=""; [ -d "${slm_exp}/checkpoints" ] && resume="--resume"
+  resume=""; [ -d "${exp_dir}/checkpoints" ] && resume="--resume"
+  if [ "${model_type}" = seq2seq ]; then
+    log "stage 5: encoder-decoder baseline training (${train_config}) -> ${exp_dir}"
+    model_sets=("--set" "tokenizer=${tgt_token_list}")
+  else
+    log "stage 5: Speech-LLaMA training on ${llm} (${train_config}) -> ${exp_dir}"
+    model_sets=("--set" "compressor_dir=${ctc_exp}" "--set" "model.llm=${llm}")
+  fi
   # shellcheck disable=SC2086
-  speechllm train --config "${slm_config}" --train-data "dump/${train_set}" --valid-data "dump/${valid_set}" \
-    --out "${slm_exp}" --set "compressor_dir=${ctc_exp}" --set "model.llm=${llm}" ${resume} ${slm_args}
+  speechllm train --config "${train_config}" --train-data "dump/${train_set}" --valid-data "dump/${valid_set}" \
+    --out "${exp_dir}" "${model_sets[@]}" ${resume} ${train_args}
 fi
 
 if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
+  nbest_args=""; [ "${nbest}" -gt 0 ] && nbest_args="--nbest ${nbest}"
   for dset in ${test_sets}; do
-    log "stage 6: decoding dump/${dset} with ${slm_exp} (${decode_args}, ${nj} jobs)"
+    log "stage 6: decoding dump/${dset} with ${exp_dir} (${decode_args} ${nbest_args}, ${nj} jobs)"
     # shellcheck disable=SC2086
-    speechllm decode --model "${slm_exp}" --data "dump/${dset}" --out "${slm_exp}/decode_${dset}" \
-      --nj "${nj}" --cmd "${decode_cmd}" ${decode_args}
+    speechllm decode --model "${exp_dir}" --data "dump/${dset}" --out "${exp_dir}/decode_${dset}" \
+      --nj "${nj}" --cmd "${decode_cmd}" ${decode_args} ${nbest_args}
   done
 fi
 
 if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
   log "stage 7: scoring (BLEU/chrF for X->en, WER/CER for en) and the results table"
   for dset in ${test_sets}; do
-    speechllm score "${slm_exp}/decode_${dset}"
+    speechllm score "${exp_dir}/decode_${dset}"
   done
   speechllm results exp
 fi

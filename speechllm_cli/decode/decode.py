@@ -1,11 +1,17 @@
-"""``speechllm decode``: decode a dump dir with a trained speech-LLM into a decode dir.
+"""``speechllm decode``: decode a dump dir with a trained speech-LLM or seq2seq baseline into a decode dir.
 
 Usage:
     python -m speechllm_cli.decode.decode --model-dir exp/speechllm/model --data-dir dump/test \\
         --out-dir exp/speechllm/decode_test --beam 4 --max-len-a 8 --max-len-b 10 --nj 2
+    python -m speechllm_cli.decode.decode --model-dir exp/seq2seq/model --data-dir dump/test \\
+        --out-dir exp/seq2seq/decode_test --beam 4 --ctc-weight 0.3
 
-Per utterance the task is recognition (ASR) when its ``utt2lang`` is an ASR language (``en``) and
-translation (ST) otherwise; the model knows the prompt of each task. Utterances are decoded in
+The model dir's record says its type: ``speech_llm.yaml`` (a speech-LLM) or ``model.json`` with
+``"model_type": "seq2seq"`` (the encoder-decoder baseline); :func:`load_decode_model` turns either into a
+:class:`DecodeModel` (scorer, search input, end tokens, text), so the rest is the same for both.
+For a speech-LLM the task of an utterance is recognition (ASR) when its ``utt2lang`` is an ASR language
+(``en``) and translation (ST) otherwise; the model knows the prompt of each task. A seq2seq model has one
+task and ignores utt2lang; ``--ctc-weight`` adds its CTC prefix scores. Utterances are decoded in
 batches sorted by length (longest first), each batch as one search (greedy for beam 1, beam search
 otherwise; see :mod:`speechllm_cli.decode.search`). The output cap of an utterance is
 ``min(max_new_tokens, ceil(max_len_a * seconds + max_len_b))`` (``max_len_a = 0``: max_new_tokens),
@@ -23,7 +29,9 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +50,7 @@ from speechllm_cli.decode.decode_io import (
     write_decode_dir,
 )
 from speechllm_cli.decode.llm_scorer import LLMScorer, PrefixBatch, eos_ids_for
-from speechllm_cli.decode.search import max_new_tokens_for, search
+from speechllm_cli.decode.search import Scorer, max_new_tokens_for, search
 from speechllm_cli.utils.jobs import run_jobs
 
 logger = logging.getLogger(__name__)
@@ -63,10 +71,13 @@ class DecodeOptions:
     nbest: int = 0  # write nbest.txt with this many hypotheses per utterance (<= beam; 0: no file)
     asr_langs: tuple[str, ...] = ("en",)  # utt2lang values decoded as ASR; every other language is ST
     task: str | None = None  # "asr" or "st" for every utterance, whatever utt2lang says
+    ctc_weight: float = 0.0  # seq2seq models: weight of the CTC prefix scores (0: attention only)
 
     def validate(self) -> None:
         if self.beam < 1 or self.max_new_tokens < 1:
             raise ValueError(f"beam ({self.beam}) and max_new_tokens ({self.max_new_tokens}) must be >= 1")
+        if not 0.0 <= self.ctc_weight < 1.0:
+            raise ValueError(f"--ctc-weight must be in [0, 1), got {self.ctc_weight}")
         if self.nbest > self.beam:
             raise ValueError(f"--nbest {self.nbest} needs --beam >= {self.nbest} (beam is {self.beam})")
         if self.task not in (None, "asr", "st"):
@@ -78,17 +89,43 @@ class DecodeOptions:
         return out
 
 
-def resolve_model_dir(path: str | Path) -> Path:
-    """The saved model dir of ``path``: itself when it holds a model record, else ``path/model``
-    (an experiment dir as training writes it)."""
-    from speechllm_cli.models.speech_llm_io import RECORD_NAME
+@dataclasses.dataclass
+class DecodeModel:
+    """What decoding needs from a model, whatever its type."""
 
+    scorer: Scorer  # the search talks to it (speechllm_cli.decode.search)
+    inputs: Callable[[list[np.ndarray], list[str] | None], Any]  # raw fbank per utterance, tasks -> scorer.init's batch
+    eos_ids: list[int]  # tokens that end an output
+    to_text: Callable[[list[int]], str]  # output ids (end token left out) -> text
+    needs_task: bool = False  # ``inputs`` needs the task (asr/st) of each utterance
+    ctc_weight: float = 0.0  # the scorer's CTC prefix score weight (must equal DecodeOptions.ctc_weight)
+
+
+def _record_names() -> tuple[str, str]:
+    from speechllm_cli.models import seq2seq_io, speech_llm_io
+
+    return speech_llm_io.RECORD_NAME, seq2seq_io.RECORD_NAME
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """The saved model dir of ``path``: itself when it holds a model record (``speech_llm.yaml`` or
+    ``model.json``), else ``path/model`` (an experiment dir as training writes it)."""
     path = Path(path)
+    names = _record_names()
     for candidate in (path, path / "model"):
-        if (candidate / RECORD_NAME).is_file():
+        if any((candidate / name).is_file() for name in names):
             return candidate
-    raise FileNotFoundError(f"{path}: neither it nor {path / 'model'} holds {RECORD_NAME}; "
+    raise FileNotFoundError(f"{path}: neither it nor {path / 'model'} holds {' or '.join(names)}; "
                             "give a trained experiment dir (speechllm train --out) or its model dir")
+
+
+def pad_feats(feats: list[np.ndarray], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw fbank per utterance -> zero-padded (B, T, 80) and lengths (B,) on ``device``."""
+    lens = torch.tensor([len(f) for f in feats], device=device)
+    padded = torch.zeros(len(feats), int(lens.max()), feats[0].shape[1], device=device)  # (B, T, 80)
+    for i, f in enumerate(feats):
+        padded[i, : len(f)] = torch.tensor(f, device=device)
+    return padded, lens
 
 
 def speech_prefixes(model, feats: list[np.ndarray], tasks: list[str]) -> PrefixBatch:
@@ -98,11 +135,7 @@ def speech_prefixes(model, feats: list[np.ndarray], tasks: list[str]) -> PrefixB
     saved with it, so ``feats`` are the raw dump-dir fbank); bidirectional audio attention becomes a
     bidirectional span over each utterance's audio positions.
     """
-    device = next(model.encoder.parameters()).device
-    lens = torch.tensor([len(f) for f in feats], device=device)
-    padded = torch.zeros(len(feats), int(lens.max()), feats[0].shape[1], device=device)  # (B, T, 80)
-    for i, f in enumerate(feats):
-        padded[i, : len(f)] = torch.tensor(f, device=device)
+    padded, lens = pad_feats(feats, next(model.encoder.parameters()).device)
     prompt_ids = [model.prompt_ids(task) for task in tasks]
     with torch.inference_mode():
         audio_embeds, audio_lens = model.encode_audio(padded, lens)  # (B, A, H), (B,)
@@ -114,6 +147,47 @@ def speech_prefixes(model, feats: list[np.ndarray], tasks: list[str]) -> PrefixB
     if model.config.audio_attention == "bidirectional":
         spans = [(len(p), len(p) + a) for p, a in zip(prompt_ids, audio_lens)]
     return PrefixBatch(embeds, spans)
+
+
+def speech_llm_decode_model(model) -> DecodeModel:
+    """A loaded SpeechLLM for decoding: the LLM scorer over prompt + audio prefixes."""
+    model.eval()
+    return DecodeModel(scorer=LLMScorer(model.hf_llm), inputs=lambda feats, tasks: speech_prefixes(model, feats, tasks),
+                       eos_ids=sorted(set(eos_ids_for(model.tokenizer)) | {int(model.end_id)}),
+                       to_text=model.decode_target, needs_task=True)
+
+
+def seq2seq_decode_model(model, tokenizer, ctc_weight: float = 0.0) -> DecodeModel:
+    """A loaded Seq2SeqModel (and its target tokenizer) for decoding, with CTC prefix scores at ``ctc_weight``."""
+    from speechllm_cli.decode.seq2seq_scorer import FeatsBatch, Seq2SeqScorer
+
+    model.eval()
+    device = next(model.parameters()).device
+    eos = model.eos_id
+    return DecodeModel(scorer=Seq2SeqScorer(model, ctc_weight),
+                       inputs=lambda feats, _: FeatsBatch(*pad_feats(feats, device)),
+                       eos_ids=[eos], to_text=lambda ids: tokenizer.decode([i for i in ids if i != eos]),
+                       ctc_weight=ctc_weight)
+
+
+def load_decode_model(model_dir: str | Path, device: str = "cpu", llm_path: str | Path | None = None,
+                      ctc_weight: float = 0.0) -> DecodeModel:
+    """The model saved in ``model_dir`` (a speech-LLM or a seq2seq model, after its record) ready to decode."""
+    model_dir = Path(model_dir)
+    speech_llm_record, model_record = _record_names()
+    if (model_dir / speech_llm_record).is_file():
+        from speechllm_cli.models.speech_llm import load_speech_llm
+
+        if ctc_weight > 0:
+            raise ValueError(f"--ctc-weight is for seq2seq models; {model_dir} is a speech-LLM (it has no CTC head)")
+        return speech_llm_decode_model(load_speech_llm(model_dir, device=device, llm_path=llm_path))
+    from speechllm_cli.models.seq2seq_io import MODEL_TYPE, load_seq2seq, read_model_type
+
+    model_type = read_model_type(model_dir)
+    if model_type != MODEL_TYPE:
+        raise ValueError(f"{model_dir / model_record}: model_type {model_type!r} cannot be decoded; "
+                         f"known types: speech_llm ({speech_llm_record}), {MODEL_TYPE}")
+    return seq2seq_decode_model(*load_seq2seq(model_dir, device), ctc_weight=ctc_weight)
 
 
 def _num_frames(data: DataDir, feats_scp) -> dict[str, int]:
@@ -140,8 +214,8 @@ def _identity(options: DecodeOptions, model_dir, data_dir) -> dict:
 
 def decode_data_dir(model, data_dir: str | Path, out_dir: str | Path, options: DecodeOptions,
                     batch_size: int = 8, command: str | None = None, model_dir: str | None = None) -> dict:
-    """Decode every utterance of the dump dir ``data_dir`` with the loaded speech-LLM ``model`` into
-    ``out_dir`` (resuming from a partial run). Returns the statistics written to stats.yaml."""
+    """Decode every utterance of the dump dir ``data_dir`` with ``model`` (a DecodeModel, or a loaded SpeechLLM)
+    into ``out_dir`` (resuming from a partial run). Returns the statistics written to stats.yaml."""
     import kaldiio
 
     options.validate()
@@ -161,10 +235,11 @@ def decode_data_dir(model, data_dir: str | Path, out_dir: str | Path, options: D
     todo = sorted((u for u in utts if u not in partial.done), key=lambda u: (-num_frames[u], u))
     if partial.done:
         logger.info("resuming: %d of %d utterances already decoded in %s", len(partial.done), len(utts), out_dir)
-    scorer = LLMScorer(model.hf_llm)
-    eos_ids = sorted(set(eos_ids_for(model.tokenizer)) | {int(model.end_id)})
+    decoder = model if isinstance(model, DecodeModel) else speech_llm_decode_model(model)
+    if decoder.ctc_weight != options.ctc_weight:
+        raise ValueError(f"the model decodes with CTC weight {decoder.ctc_weight}, "
+                         f"the options say {options.ctc_weight}")
     stats = {"num_utts": 0, "audio_seconds": 0.0, "decode_seconds": 0.0, "output_tokens": 0}
-    model.eval()
     with tqdm(total=len(todo), desc=f"decode {data_dir.name}", unit="utt", disable=None) as bar:
         for start in range(0, len(todo), batch_size):
             batch_utts = todo[start:start + batch_size]
@@ -179,12 +254,13 @@ def decode_data_dir(model, data_dir: str | Path, out_dir: str | Path, options: D
                 feats.append(mat)
             seconds = [len(f) * FRAME_SHIFT for f in feats]
             caps = max_new_tokens_for(seconds, options.max_new_tokens, options.max_len_a, options.max_len_b)
-            prefixes = speech_prefixes(model, feats, _tasks(data, batch_utts, options))
-            nbest = search(scorer, prefixes, caps, eos_ids, beam=options.beam, nbest=max(options.nbest, 1),
-                           length_penalty=options.length_penalty, no_repeat_ngram=options.no_repeat_ngram)
+            tasks = _tasks(data, batch_utts, options) if decoder.needs_task else None
+            nbest = search(decoder.scorer, decoder.inputs(feats, tasks), caps, decoder.eos_ids, beam=options.beam,
+                           nbest=max(options.nbest, 1), length_penalty=options.length_penalty,
+                           no_repeat_ngram=options.no_repeat_ngram)
             hyps, lines = {}, []
             for utt, hyp_list in zip(batch_utts, nbest):
-                texts = [one_line(model.decode_target(h.tokens)) for h in hyp_list]
+                texts = [one_line(decoder.to_text(h.tokens)) for h in hyp_list]
                 hyps[utt] = texts[0]
                 lines += [nbest_line(utt, rank, h, t) for rank, (h, t) in enumerate(zip(hyp_list, texts), 1)]
                 stats["output_tokens"] += hyp_list[0].num_tokens
@@ -222,23 +298,23 @@ def decode(
     device: str = "cpu",
     llm_path: str | Path | None = None,
     num_threads: int = 0,
+    ctc_weight: float = 0.0,
 ) -> Path:
-    """Decode the dump dir ``data_dir`` with the speech-LLM saved in ``model_dir`` into ``out_dir``.
+    """Decode the dump dir ``data_dir`` with the model (speech-LLM or seq2seq) saved in ``model_dir`` into ``out_dir``.
 
     See the module docstring; ``nj > 1`` runs ``nj`` jobs (split by speaker) through ``cmd``, each with
     ``num_threads`` torch threads (0: this machine's cores divided among the jobs). Returns ``out_dir``.
     """
     options = DecodeOptions(beam=beam, max_new_tokens=max_new_tokens, max_len_a=max_len_a, max_len_b=max_len_b,
-                            no_repeat_ngram=no_repeat_ngram, length_penalty=length_penalty, nbest=nbest, task=task)
+                            no_repeat_ngram=no_repeat_ngram, length_penalty=length_penalty, nbest=nbest, task=task,
+                            ctc_weight=ctc_weight)
     options.validate()
     out_dir = Path(out_dir)
     command = shlex.join(sys.argv)
     if nj <= 1:
-        from speechllm_cli.models.speech_llm import load_speech_llm
-
         if num_threads > 0:
             torch.set_num_threads(num_threads)
-        model = load_speech_llm(model_dir, device=device, llm_path=llm_path)
+        model = load_decode_model(model_dir, device=device, llm_path=llm_path, ctc_weight=ctc_weight)
         decode_data_dir(model, data_dir, out_dir, options, batch_size, command, str(model_dir))
         return out_dir
     data = DataDir.load(data_dir)
@@ -254,7 +330,8 @@ def decode(
             "--data-dir", str(Path(data_dir) / split / "JOB"), "--out-dir", str(out_dir / split / "JOB"),
             "--beam", str(beam), "--batch-size", str(batch_size), "--max-new-tokens", str(max_new_tokens),
             "--max-len-a", str(max_len_a), "--max-len-b", str(max_len_b), "--no-repeat-ngram", str(no_repeat_ngram),
-            "--length-penalty", str(length_penalty), "--nbest", str(nbest), "--device", device,
+            "--length-penalty", str(length_penalty), "--nbest", str(nbest), "--ctc-weight", str(ctc_weight),
+            "--device", device,
             "--num-threads", str(num_threads or max(1, (os.cpu_count() or 1) // nj))]
     for flag, value in (("--task", task), ("--llm-path", llm_path)):
         if value:
@@ -285,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line of one decoding job (also what ``--nj`` runs)."""
     from speechllm_cli.utils.logging import setup_logging
 
-    parser = argparse.ArgumentParser(description="Decode a dump dir with a speech-LLM.")
+    parser = argparse.ArgumentParser(description="Decode a dump dir with a speech-LLM or a seq2seq model.")
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--out-dir", required=True)
@@ -298,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length-penalty", type=float, default=1.0)
     parser.add_argument("--nbest", type=int, default=0)
     parser.add_argument("--task", choices=["asr", "st"], default=None)
+    parser.add_argument("--ctc-weight", type=float, default=0.0, help="seq2seq: CTC prefix score weight")
     parser.add_argument("--nj", type=int, default=1)
     parser.add_argument("--cmd", default="run.pl")
     parser.add_argument("--device", default="cpu")

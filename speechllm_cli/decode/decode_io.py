@@ -60,10 +60,12 @@ def read_nbest(path: str | os.PathLike) -> dict[str, list[dict]]:
             if len(fields) < 6:
                 raise ValueError(f"{path}:{lineno}: expected {NBEST_FORMAT}")
             text = fields[6] if len(fields) == 7 else ""
-            out.setdefault(fields[0], []).append({
-                "rank": int(fields[1]), "score": float(fields[2]), "logprob": float(fields[3]),
-                "num_tokens": int(fields[4]), "ended": fields[5] == "1", "text": text,
-            })
+            try:
+                hyp = {"rank": int(fields[1]), "score": float(fields[2]), "logprob": float(fields[3]),
+                       "num_tokens": int(fields[4]), "ended": fields[5] == "1", "text": text}
+            except ValueError as exc:
+                raise ValueError(f"{path}:{lineno}: {exc}; expected {NBEST_FORMAT}") from exc
+            out.setdefault(fields[0], []).append(hyp)
     return out
 
 

@@ -2,7 +2,8 @@
 
 Each ``exp/<model>/decode_<set>/result.json`` (from ``speechllm score``) gives a row per language;
 ``exp/<model>/model_info.json`` (written by training) gives parameter counts and training time,
-and ``decode_<set>/decode.yaml`` the decoding command.
+and ``decode_<set>/decode.yaml`` the decoding command. A decode dir written by ``speechllm rescore``
+(``rescore.yaml``) is listed as "<model> + LLM rescoring", its LLM's parameters added to the total.
 
 Example:
     speechllm results exp/ --out RESULTS.md
@@ -29,6 +30,10 @@ def _cell(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
+def _read_yaml(path: Path) -> dict:
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.exists() else {}
+
+
 def collect_rows(exp_dir: Path) -> list[dict]:
     rows = []
     for result_path in sorted(Path(exp_dir).glob("*/decode_*/result.json")):
@@ -37,15 +42,20 @@ def collect_rows(exp_dir: Path) -> list[dict]:
         result = json.loads(result_path.read_text())
         info_path = model_dir / "model_info.json"
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
-        decode_conf = decode_dir / "decode.yaml"
-        command = (yaml.safe_load(decode_conf.read_text()) or {}).get("command", "") if decode_conf.exists() else ""
+        model_name, params_total = model_dir.name, info.get("params_total")
+        rescore = _read_yaml(decode_dir / "rescore.yaml")
+        if rescore:
+            model_name += " + LLM rescoring"
+            if params_total is not None and rescore.get("llm_params"):
+                params_total += rescore["llm_params"]
+        command = (rescore or _read_yaml(decode_dir / "decode.yaml")).get("command", "")
         for group, r in result["groups"].items():
             rows.append({
-                "model": model_dir.name, "model_type": info.get("model_type", ""),
+                "model": model_name, "model_type": info.get("model_type", ""),
                 "set": decode_dir.name.removeprefix("decode_"), "lang": group, "task": r["task"],
                 "num_utts": r["num_utts"], "bleu": r.get("bleu"), "bleu_lc_rm": r.get("bleu_lc_rm"),
                 "chrf": r.get("chrf"), "wer": r.get("wer"),
-                "params_trained": info.get("params_trained"), "params_total": info.get("params_total"),
+                "params_trained": info.get("params_trained"), "params_total": params_total,
                 "train_time_s": info.get("train_time_s"), "train_command": info.get("command", ""),
                 "decode_command": command,
             })

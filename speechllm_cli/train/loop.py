@@ -226,8 +226,9 @@ class Trainer:
         todo = batches[self.batch_pos:]
         loader = self._loader(self.train_set, todo, seed=cfg.seed * 100003 + self.epoch * 101 + env.rank)
         self.model.train()
+        # a bar on a terminal only (disable=None: off when not a tty); log lines report progress every log_interval
         progress = tqdm(total=len(batches), initial=self.batch_pos, desc=f"epoch {self.epoch}", unit="batch",
-                        disable=not env.is_main, leave=False, dynamic_ncols=True)
+                        disable=None if env.is_main else True, leave=False, dynamic_ncols=True)
         interval: Stats = {}
         frames, start = 0, time.perf_counter()
         micro: list[dict] = []
@@ -280,7 +281,7 @@ class Trainer:
         total: Stats = {}
         loader = self._loader(self.valid_set, batches, seed=self.env.rank)
         for batch in tqdm(loader, total=len(batches), desc="valid", unit="batch", leave=False,
-                          disable=not self.env.is_main, dynamic_ncols=True):
+                          disable=None if self.env.is_main else True, dynamic_ncols=True):
             with torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
                 add_stats(total, self.task.validate_batch(model, to_device(batch, self.env.device)))
         model.train()

@@ -8,6 +8,7 @@ Usage:
 
 Config (YAML)::
 
+    model_type: speech_llm                 # optional; `speechllm train` runs seq2seq_task for model_type: seq2seq
     compressor_dir: exp/ctc_compressor     # a trained CTC compressor (train_ctc's output dir)
     task: auto                             # asr for utt2lang in asr_langs, st otherwise; or a model.prompts key
     asr_langs: [en]                        # source languages whose utterances are recognised, not translated
@@ -52,6 +53,7 @@ TARGET_FIELDS = {"text": "text", "text.src": "text_src"}  # dump table -> DumpDa
 
 @dataclasses.dataclass
 class SpeechLLMExperiment:
+    model_type: Literal["speech_llm"] = "speech_llm"  # `speechllm train` dispatches on it (seq2seq: seq2seq_task)
     compressor_dir: str = ""
     task: str = "auto"  # "auto": per utterance from utt2lang (asr_langs -> "asr", others -> "st"); or a prompt key
     asr_langs: list[str] = dataclasses.field(default_factory=lambda: ["en"])
