@@ -146,7 +146,7 @@ def speech_prefixes(model, feats: list[np.ndarray], tasks: list[str]) -> PrefixB
     spans = None
     if model.config.audio_attention == "bidirectional":
         spans = [(len(p), len(p) + a) for p, a in zip(prompt_ids, audio_lens)]
-    return PrefixBatch(embeds, spans)
+    return PrefixBatch(embeds, spans, audio_lens)
 
 
 def speech_llm_decode_model(model) -> DecodeModel:
@@ -239,7 +239,7 @@ def decode_data_dir(model, data_dir: str | Path, out_dir: str | Path, options: D
     if decoder.ctc_weight != options.ctc_weight:
         raise ValueError(f"the model decodes with CTC weight {decoder.ctc_weight}, "
                          f"the options say {options.ctc_weight}")
-    stats = {"num_utts": 0, "audio_seconds": 0.0, "decode_seconds": 0.0, "output_tokens": 0}
+    stats = {"num_utts": 0, "audio_seconds": 0.0, "decode_seconds": 0.0, "output_tokens": 0, "audio_positions": 0}
     with tqdm(total=len(todo), desc=f"decode {data_dir.name}", unit="utt", disable=None) as bar:
         for start in range(0, len(todo), batch_size):
             batch_utts = todo[start:start + batch_size]
@@ -255,7 +255,9 @@ def decode_data_dir(model, data_dir: str | Path, out_dir: str | Path, options: D
             seconds = [len(f) * FRAME_SHIFT for f in feats]
             caps = max_new_tokens_for(seconds, options.max_new_tokens, options.max_len_a, options.max_len_b)
             tasks = _tasks(data, batch_utts, options) if decoder.needs_task else None
-            nbest = search(decoder.scorer, decoder.inputs(feats, tasks), caps, decoder.eos_ids, beam=options.beam,
+            inputs = decoder.inputs(feats, tasks)
+            stats["audio_positions"] += sum(getattr(inputs, "audio_lengths", None) or [])  # speech-LLM: LLM inputs
+            nbest = search(decoder.scorer, inputs, caps, decoder.eos_ids, beam=options.beam,
                            nbest=max(options.nbest, 1), length_penalty=options.length_penalty,
                            no_repeat_ngram=options.no_repeat_ngram)
             hyps, lines = {}, []

@@ -167,8 +167,8 @@ def finished_decode(out_dir: Path, identity: dict, utts: list[str]) -> bool:
 
 def merge_stats(parts: list[dict], wall_seconds: float) -> dict:
     """Sum the per-job statistics; ``rtf`` uses the summed job time, ``wall_rtf`` the elapsed time."""
-    total = {key: sum(p.get(key, 0) for p in parts) for key in ("num_utts", "audio_seconds", "decode_seconds",
-                                                                   "output_tokens")}
+    keys = ("num_utts", "audio_seconds", "decode_seconds", "output_tokens", "audio_positions")
+    total = {key: sum(p.get(key, 0) for p in parts) for key in keys}
     return finish_stats(total, wall_seconds)
 
 
@@ -176,6 +176,8 @@ def finish_stats(stats: dict, wall_seconds: float | None = None) -> dict:
     audio, seconds = stats["audio_seconds"], stats["decode_seconds"]
     stats["rtf"] = round(seconds / audio, 4) if audio else None
     stats["tokens_per_second"] = round(stats["output_tokens"] / seconds, 2) if seconds else None
+    positions = stats.get("audio_positions", 0)  # LLM input positions that hold audio (speech-LLMs)
+    stats["audio_positions_per_second"] = round(positions / audio, 2) if audio and positions else None
     if wall_seconds is not None:
         stats["wall_seconds"] = round(wall_seconds, 3)
         stats["wall_rtf"] = round(wall_seconds / audio, 4) if audio else None

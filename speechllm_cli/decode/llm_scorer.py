@@ -41,6 +41,7 @@ class PrefixBatch:
 
     embeds: list[torch.Tensor]  # each (P_i, H), in the LLM's embedding space
     bidirectional_spans: list[tuple[int, int] | None] | None = None  # per utterance, or None: all causal
+    audio_lengths: list[int] | None = None  # audio positions per prefix (reported in decode statistics only)
 
 
 @dataclasses.dataclass

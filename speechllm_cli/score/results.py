@@ -1,5 +1,7 @@
 """Collect every scored decode under an experiment folder into one Markdown table (RESULTS.md).
 
+The first table has one line per model and decoded set (BLEU per language and their mean, WER, sizes, training
+time, LLM input positions per audio second from the decode's stats.yaml); the second one line per language.
 Each ``exp/<model>/decode_<set>/result.json`` (from ``speechllm score``) gives a row per language;
 ``exp/<model>/model_info.json`` (written by training) gives parameter counts and training time,
 and ``decode_<set>/decode.yaml`` the decoding command. A decode dir written by ``speechllm rescore``
@@ -49,6 +51,7 @@ def collect_rows(exp_dir: Path) -> list[dict]:
             if params_total is not None and rescore.get("llm_params"):
                 params_total += rescore["llm_params"]
         command = (rescore or _read_yaml(decode_dir / "decode.yaml")).get("command", "")
+        positions_per_second = _read_yaml(decode_dir / "stats.yaml").get("audio_positions_per_second")
         for group, r in result["groups"].items():
             rows.append({
                 "model": model_name, "model_type": info.get("model_type", ""),
@@ -57,20 +60,48 @@ def collect_rows(exp_dir: Path) -> list[dict]:
                 "chrf": r.get("chrf"), "wer": r.get("wer"),
                 "params_trained": info.get("params_trained"), "params_total": params_total,
                 "train_time_s": info.get("train_time_s"), "train_command": info.get("command", ""),
-                "decode_command": command,
+                "decode_command": command, "audio_positions_per_second": positions_per_second,
             })
     return rows
+
+
+def format_summary(rows: list[dict]) -> list[str]:
+    """One line per (model, set): BLEU (tc) per ST language and their mean, WER per ASR language, sizes, time,
+    and the LLM input positions per second of audio (speech-LLMs)."""
+    st_langs = sorted({r["lang"] for r in rows if r["task"] == "st" and not r["lang"].startswith("all_")})
+    asr_langs = sorted({r["lang"] for r in rows if r["task"] == "asr" and not r["lang"].startswith("all_")})
+    header = (["model", "set"] + [f"{lang} BLEU" for lang in st_langs] + ["mean BLEU"]
+              + [f"{lang} WER" for lang in asr_langs] + ["trained / total params", "train time", "LLM inputs / s"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    systems: dict[tuple[str, str], dict[str, dict]] = {}
+    for r in rows:
+        systems.setdefault((r["model"], r["set"]), {})[r["lang"]] = r
+    for (model, dset), by_lang in systems.items():
+        first = next(iter(by_lang.values()))
+        bleus = [by_lang[lang]["bleu"] if lang in by_lang else None for lang in st_langs]
+        known = [b for b in bleus if b is not None]
+        wers = [by_lang[lang]["wer"] if lang in by_lang else None for lang in asr_langs]
+        cells = ([model, dset] + [_cell(b) for b in bleus] + [_cell(sum(known) / len(known) if known else None)]
+                 + [_cell(w) for w in wers]
+                 + [f"{_millions(first['params_trained'])} / {_millions(first['params_total'])}",
+                    _minutes(first["train_time_s"]), _cell(first["audio_positions_per_second"])])
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _minutes(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds / 60:.1f} min"
 
 
 def format_results(rows: list[dict]) -> str:
     header = ("| model | type | set | lang | #utt | BLEU | BLEU lc.rm | chrF | WER | trained / total params "
               "| train time |")
-    lines = ["# Results", "", header, "|" + "---|" * 11]
+    lines = ["# Results", "", *format_summary(rows), "", "## Per language", "", header, "|" + "---|" * 11]
     for r in rows:
-        time = "" if r["train_time_s"] is None else f"{r['train_time_s'] / 60:.1f} min"
         lines.append(f"| {r['model']} | {r['model_type']} | {r['set']} | {r['lang']} | {r['num_utts']} "
                      f"| {_cell(r['bleu'])} | {_cell(r['bleu_lc_rm'])} | {_cell(r['chrf'])} | {_cell(r['wer'])} "
-                     f"| {_millions(r['params_trained'])} / {_millions(r['params_total'])} | {time} |")
+                     f"| {_millions(r['params_trained'])} / {_millions(r['params_total'])} "
+                     f"| {_minutes(r['train_time_s'])} |")
     commands = {}
     for r in rows:
         commands.setdefault(r["model"], (r["train_command"], set()))[1].add(r["decode_command"])

@@ -190,8 +190,17 @@ def load_dataclass(cls: type, mapping: dict | None, source: str = "<config>") ->
     return _build(cls, mapping, str(source), "")
 
 
-def read_yaml(path: str | os.PathLike) -> dict:
-    """A YAML file holding a mapping (an empty file is an empty mapping)."""
+def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML file holding a mapping (an empty file is an empty mapping).
+
+    A top-level ``base: OTHER.yaml`` (relative to this file) makes the file an overlay: OTHER is read first
+    (itself maybe an overlay) and this file's values replace its values key by key, nested mappings merged,
+    so an ablation config holds only what it changes::
+
+        base: ../train_speechllm.yaml
+        model:
+          compression: blank_remove
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -203,7 +212,22 @@ def read_yaml(path: str | os.PathLike) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model:, train:, ...), got {type(data).__name__}")
-    return data
+    if "base" not in data:
+        return data
+    base = path.parent / str(data.pop("base"))
+    if base.resolve() in _seen or base.resolve() == path.resolve():
+        raise ConfigError(f"{path}: 'base: {base}' makes a cycle of base configs")
+    return _merge(read_yaml(base, (*_seen, path.resolve())), data)
+
+
+def _merge(base: dict, overlay: dict) -> dict:
+    """``base`` updated by ``overlay``, nested mappings merged key by key."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _merge(merged[key], value)
+        merged[key] = value
+    return merged
 
 
 def apply_overrides(mapping: dict, overrides: dict | None) -> dict:
