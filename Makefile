@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAGE ?= 1
 STOP_STAGE ?= 100
 
-.PHONY: install test test-slow demo baselines lint bench clean
+.PHONY: install test test-slow demo baselines ablations lint bench clean
 
 install:
 	tools/install_system.sh
@@ -22,6 +22,9 @@ demo:
 
 baselines:  # after `make demo`: seq2seq from scratch + LLM n-best rescoring, one table with Speech-LLaMA
 	cd egs/covost2 && local/run_baselines.sh
+
+ablations:  # after `make baselines`: every conf/tuning/ablation_*.yaml and the decoder-only model, one table
+	cd egs/covost2 && local/run_ablations.sh
 
 lint:
 	$(VENV)/bin/ruff check speechllm_cli tests bench

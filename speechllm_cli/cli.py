@@ -14,6 +14,8 @@ Usage:
     speechllm train-ctc --config conf/train_ctc.yaml --train-data dump/train --valid-data dump/dev \\
         --out exp/ctc_compressor
     speechllm export-llm --out exp/llm/smollm2_hf
+    speechllm init-llm --out exp/llm/scratch_small --config conf/llm_scratch_small.yaml \\
+        --tokenizer data/token_list/tgt_unigram150          # a random LLaMA for model_type: decoder_only
     speechllm train --config conf/train_speechllm.yaml --train-data dump/train --valid-data dump/dev \\
         --out exp/speechllm
     speechllm decode --model exp/speechllm --data dump/test --beam 4
@@ -302,11 +304,33 @@ def export_llm_cmd(
         _fail(str(exc))
 
 
+@app.command("init-llm")
+def init_llm_cmd(
+    out: Path = typer.Option(..., help="Output Hugging Face dir, e.g. exp/llm/scratch_small."),
+    config: Path | None = typer.Option(None, "--config", help="LLaMA architecture YAML (LlamaConfig fields), e.g. "
+                                       "conf/llm_scratch_small.yaml; needs --tokenizer."),
+    tokenizer: Path | None = typer.Option(None, help="Token list dir (bpe.model + tokens.txt), e.g. "
+                                          "data/token_list/tgt_unigram150: the LLM's vocabulary."),
+    like: Path | None = typer.Option(None, help="Instead of --config/--tokenizer: copy the architecture and tokenizer "
+                                     "of this Hugging Face LLM dir, e.g. exp/llm/smollm2_hf."),
+    seed: int = typer.Option(0, help="Seed of the random weights."),
+) -> None:
+    """Write a randomly initialised causal LM (safetensors + tokenizer) to train from scratch (train_llm: true)."""
+    from speechllm_cli.models.scratch_llm import init_llm
+
+    if (like is None) == (config is None) or (config is None) != (tokenizer is None):
+        _fail("give either --config and --tokenizer, or --like")
+    try:
+        init_llm(out, config=config, tokenizer_dir=tokenizer, like=like, seed=seed)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+
+
 @app.command("train")
 def train_cmd(
     config: Path = typer.Option(..., help="Experiment YAML; its top-level model_type picks the model: speech_llm "
-                                "(the default: compressor_dir, task, target, model, train) or seq2seq (tokenizer, "
-                                "model, train)."),
+                                "(the default: compressor_dir, task, target, model, train), decoder_only (the same "
+                                "sections; the whole LLM trains) or seq2seq (tokenizer, model, train)."),
     train_data: Path = typer.Option(..., help=TRAIN_HELP["train_data"]),
     valid_data: Path = typer.Option(..., help=TRAIN_HELP["valid_data"]),
     out: Path = typer.Option(..., help="Experiment dir, e.g. exp/speechllm or exp/seq2seq."),
@@ -314,8 +338,9 @@ def train_cmd(
     set_: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set model.lora.rank=4."),
     num_procs: int = typer.Option(1, help=TRAIN_HELP["num_procs"]),
 ) -> None:
-    """Train Speech-LLaMA (audio encoder + LoRA on a frozen LLM, over the frozen CTC compressor), or with
-    `model_type: seq2seq` in the config the encoder-decoder baseline from scratch."""
+    """Train Speech-LLaMA (audio encoder + LoRA on a frozen LLM, over the frozen CTC compressor); with
+    `model_type: decoder_only` the same with every LLM weight trained (an LLM from init-llm: from scratch); with
+    `model_type: seq2seq` the encoder-decoder baseline from scratch."""
     from speechllm_cli.train import seq2seq_task, speechllm_task
     from speechllm_cli.train.config import ConfigError, read_yaml
 
@@ -323,7 +348,7 @@ def train_cmd(
         model_type = read_yaml(config).get("model_type", "speech_llm")
     except ConfigError as exc:
         _fail(str(exc))
-    tasks = {"speech_llm": speechllm_task, "seq2seq": seq2seq_task}
+    tasks = {"speech_llm": speechllm_task, "decoder_only": speechllm_task, "seq2seq": seq2seq_task}
     if model_type not in tasks:
         _fail(f"{config}: model_type {model_type!r} is not one of {sorted(tasks)}")
     tasks[model_type].main(_training_argv(config, train_data, valid_data, out, resume, set_, num_procs))

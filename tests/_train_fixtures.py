@@ -173,3 +173,24 @@ def run_ddp_script(tmp: Path, corpus: dict, grad_config: Path, train_config: Pat
            str(tmp)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def save_random_ctc_dir(ctc_dir: Path, corpus: dict[str, Path], seed: int = 0) -> Path:
+    """A CTC compressor dir as train_ctc leaves it (config.yaml + model.safetensors), with random tiny weights and
+    the corpus's real CMVN statistics."""
+    import torch
+    from safetensors.torch import save_file
+
+    from speechllm_cli.features.cmvn import read_cmvn_stats
+    from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConfig
+    from speechllm_cli.text.tokenizer import Tokenizer
+    from speechllm_cli.train.config import dump_config
+    from speechllm_cli.train.ctc_task import CTCExperimentConfig
+
+    tokenizer = Tokenizer.load(corpus["tokenizer"])
+    model_config = CTCCompressorConfig(**TINY_MODEL, vocab_size=tokenizer.vocab_size)
+    dump_config(ctc_dir / "config.yaml", CTCExperimentConfig(tokenizer=str(corpus["tokenizer"]), model=model_config))
+    torch.manual_seed(seed)
+    compressor = CTCCompressor(model_config, cmvn_stats=read_cmvn_stats(corpus["train"] / "cmvn.ark"))
+    save_file(compressor.state_dict(), ctc_dir / "model.safetensors")
+    return ctc_dir

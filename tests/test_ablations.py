@@ -11,15 +11,10 @@ import pytest
 import torch
 import yaml
 from _speech_llm_fixtures import feats_batch, make_model, save_tiny_llm, tiny_compressor
-from _train_fixtures import TINY_MODEL, build_corpus
-from safetensors.torch import save_file
+from _train_fixtures import build_corpus, save_random_ctc_dir
 
-from speechllm_cli.features.cmvn import read_cmvn_stats
-from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConfig
 from speechllm_cli.models.subsampling import subsampled_lengths
-from speechllm_cli.text.tokenizer import Tokenizer
-from speechllm_cli.train.config import ConfigError, dump_config, read_yaml, to_plain
-from speechllm_cli.train.ctc_task import CTCExperimentConfig
+from speechllm_cli.train.config import ConfigError, read_yaml, to_plain
 from speechllm_cli.train.dataset import DumpDataset
 from speechllm_cli.train.speechllm_task import SpeechLLMTask, load_experiment
 
@@ -50,13 +45,7 @@ def setup(tmp_path_factory):
         pytest.skip("espeak-ng not installed (make install)")
     root = tmp_path_factory.mktemp("ablations")
     corpus = build_corpus(root)
-    tokenizer = Tokenizer.load(corpus["tokenizer"])
-    model_config = CTCCompressorConfig(**TINY_MODEL, vocab_size=tokenizer.vocab_size)
-    ctc_dir = root / "ctc"
-    dump_config(ctc_dir / "config.yaml", CTCExperimentConfig(tokenizer=str(corpus["tokenizer"]), model=model_config))
-    torch.manual_seed(0)
-    compressor = CTCCompressor(model_config, cmvn_stats=read_cmvn_stats(corpus["train"] / "cmvn.ark"))
-    save_file(compressor.state_dict(), ctc_dir / "model.safetensors")
+    ctc_dir = save_random_ctc_dir(root / "ctc", corpus)
     return corpus, ctc_dir, save_tiny_llm(root / "llm")
 
 

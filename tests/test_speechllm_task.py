@@ -9,15 +9,10 @@ import pytest
 import torch
 import yaml
 from _speech_llm_fixtures import save_tiny_llm
-from _train_fixtures import TINY_MODEL, build_corpus
-from safetensors.torch import save_file
+from _train_fixtures import build_corpus, save_random_ctc_dir
 
-from speechllm_cli.features.cmvn import read_cmvn_stats
-from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConfig
 from speechllm_cli.models.speech_llm import load_speech_llm
-from speechllm_cli.text.tokenizer import Tokenizer
-from speechllm_cli.train.config import ConfigError, dump_config
-from speechllm_cli.train.ctc_task import CTCExperimentConfig
+from speechllm_cli.train.config import ConfigError
 from speechllm_cli.train.dataset import DumpDataset
 from speechllm_cli.train.speechllm_task import SpeechLLMTask, load_experiment, train_speechllm
 
@@ -28,14 +23,7 @@ def setup(tmp_path_factory):
         pytest.skip("espeak-ng not installed (make install)")
     root = tmp_path_factory.mktemp("speechllm_task")
     corpus = build_corpus(root)
-    # a CTC compressor dir as train_ctc leaves it (random weights, real CMVN stats)
-    tokenizer = Tokenizer.load(corpus["tokenizer"])
-    model_config = CTCCompressorConfig(**TINY_MODEL, vocab_size=tokenizer.vocab_size)
-    ctc_dir = root / "ctc"
-    dump_config(ctc_dir / "config.yaml", CTCExperimentConfig(tokenizer=str(corpus["tokenizer"]), model=model_config))
-    torch.manual_seed(0)
-    compressor = CTCCompressor(model_config, cmvn_stats=read_cmvn_stats(corpus["train"] / "cmvn.ark"))
-    save_file(compressor.state_dict(), ctc_dir / "model.safetensors")
+    ctc_dir = save_random_ctc_dir(root / "ctc", corpus)  # random weights, real CMVN stats
     llm = save_tiny_llm(root / "llm")
     config = {
         "compressor_dir": str(ctc_dir),

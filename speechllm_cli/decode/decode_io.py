@@ -143,14 +143,19 @@ def write_decode_dir(out_dir: Path, hyps: dict[str, str], data_tables: dict[str,
 
 
 def model_fingerprint(model_dir: str | os.PathLike | None) -> str | None:
-    """A short hash of the names, sizes and modification times of the files in ``model_dir``: it changes
-    when the model is retrained or replaced, so a finished decode dir is not mistaken as up to date."""
+    """A short hash of the names and contents of the files in ``model_dir``: it changes when the model is
+    retrained or replaced (so a finished decode dir is not mistaken as up to date), not when the same model
+    is written again (a finished training resumed)."""
     if model_dir is None:
         return None
     root = Path(model_dir)
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    listing = "".join(f"{p.relative_to(root)} {p.stat().st_size} {p.stat().st_mtime_ns}\n" for p in files)
-    return hashlib.sha1(listing.encode()).hexdigest()[:16]
+    digest = hashlib.sha1()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(root)}\n".encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def finished_decode(out_dir: Path, identity: dict, utts: list[str]) -> bool:

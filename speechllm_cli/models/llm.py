@@ -149,18 +149,26 @@ def export_llm(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path
     if getattr(gguf_model, "generation_config", None) is not None:
         plain_model.generation_config = gguf_model.generation_config
 
+    save_hf_dir(plain_model, tokenizer, out_dir, f"exported from {gguf_path}")
+    logger.info("exported %s to %s in %.1f s", gguf_path, out_dir, time.perf_counter() - start)
+    return out_dir
+
+
+def save_hf_dir(model, tokenizer, out_dir: str | os.PathLike, source: str) -> Path:
+    """Write ``model`` and ``tokenizer`` as a Hugging Face dir (safetensors) with a ``SOURCE`` note saying where
+    they came from; ``out_dir`` is replaced atomically."""
+    out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         tmp_dir.chmod(0o755)
-        plain_model.save_pretrained(tmp_dir)
+        model.save_pretrained(tmp_dir)
         tokenizer.save_pretrained(tmp_dir)
-        (tmp_dir / "SOURCE").write_text(f"exported from {gguf_path}\n", encoding="utf-8")
+        (tmp_dir / "SOURCE").write_text(f"{source}\n", encoding="utf-8")
         replace_dir(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    logger.info("exported %s to %s in %.1f s", gguf_path, out_dir, time.perf_counter() - start)
     return out_dir
 
 

@@ -1,4 +1,4 @@
-"""Speech-LLaMA: frozen CTC compressor -> compression -> audio encoder -> frozen LLM with LoRA.
+"""Speech-LLaMA: frozen CTC compressor -> compression -> audio encoder -> frozen LLM with LoRA (or a trained LLM).
 
 Example (see tests/_speech_llm_fixtures.py for a tiny LLaMA and compressor)::
 
@@ -24,6 +24,9 @@ convention: labels line up with the inputs, the model shifts them). The loss is 
 each utterance's per-token mean cross-entropy, so a batch's loss equals the mean of its utterances' losses.
 ``audio_attention="bidirectional"`` lets audio positions see each other (a prefix-LM mask, a 4D mask
 given to the LLM; sdpa or eager attention); ``"causal"`` keeps the LLM's own causal mask.
+``train_llm=True`` (with ``lora.rank=0``) trains every LLM weight as well: the decoder-only model trained from
+scratch (an LLM made by ``speechllm init-llm``, see scratch_llm.py), or a full fine-tune; its checkpoints and saved
+model then hold the LLM weights too.
 Saving, loading and the LLM hash check live in speech_llm_io.py, the masks and the decoding prefix in
 speech_llm_layout.py (both re-exported here).
 """
@@ -73,6 +76,7 @@ class SpeechLLMConfig:
     separator: str = "\n"  # text between the audio and the target when no chat template is used
     audio_attention: Literal["causal", "bidirectional"] = "causal"  # bidirectional: within the audio span
     gradient_checkpointing: bool = False  # recompute LLM activations in backward (large LLMs)
+    train_llm: bool = False  # train every LLM weight (needs lora.rank 0): decoder-only from scratch, full fine-tune
     lora: LoraSettings = field(default_factory=LoraSettings)
     encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
 
@@ -85,13 +89,17 @@ class SpeechLLMConfig:
             raise ValueError(f"compression {self.compression!r} is not one of {COMPRESSION_MODES}")
         if self.audio_attention not in AUDIO_ATTENTION:
             raise ValueError(f"audio_attention {self.audio_attention!r} is not one of {AUDIO_ATTENTION}")
+        if self.train_llm and self.lora.rank > 0:
+            raise ValueError(f"train_llm: true trains every LLM weight, so LoRA must be off: set lora.rank: 0 "
+                             f"(got lora.rank: {self.lora.rank})")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class SpeechLLM(nn.Module):
-    """Frozen compressor + trainable audio encoder + frozen LLM (+ trainable LoRA when ``lora.rank > 0``)."""
+    """Frozen compressor + trainable audio encoder + frozen LLM (+ trainable LoRA when ``lora.rank > 0``), or a
+    trainable LLM when ``config.train_llm``."""
 
     def __init__(self, config: SpeechLLMConfig, compressor: nn.Module, llm: nn.Module, tokenizer, adapter_dir=None):
         super().__init__()
@@ -100,7 +108,7 @@ class SpeechLLM(nn.Module):
         self.config = config
         self.compressor = compressor.eval().requires_grad_(False)
         self.tokenizer = prepare_tokenizer(tokenizer)
-        llm.requires_grad_(False)
+        llm.requires_grad_(config.train_llm)
         if config.lora.rank > 0 and adapter_dir is not None:
             llm = PeftModel.from_pretrained(llm, str(adapter_dir), is_trainable=True)
         elif config.lora.rank > 0:
@@ -176,6 +184,11 @@ class SpeechLLM(nn.Module):
     def prompt_ids_for_text(self, prompt: str) -> list[int]:
         """Token ids before the audio for ``prompt``: [bos] + prompt, or the chat template head + prompt."""
         if prompt not in self._prompt_cache:
+            unk = self.tokenizer.unk_token_id
+            if unk is not None and unk in self._encode(prompt):
+                logger.warning("prompt %r has characters that tokenizer %s does not know (they become %s); "
+                               "reword it in model.prompts", prompt, self.tokenizer.name_or_path,
+                               self.tokenizer.unk_token)
             if self.config.use_chat_template:
                 pre, post = self._render_chat(prompt)
                 if self._encode(post) != self.post_audio_ids:
@@ -339,7 +352,7 @@ class SpeechLLM(nn.Module):
 
     # ----- trainable state (checkpoints) -----
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the parameters that train (audio encoder + LoRA): what a checkpoint needs."""
+        """Only the parameters that train (audio encoder + LoRA, or + the whole LLM): what a checkpoint needs."""
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:

@@ -13,6 +13,8 @@ A saved model dir holds::
     audio_encoder.safetensors     the audio encoder
     adapter/                      the LoRA adapter in PEFT's format (absent when lora.rank = 0);
                                   peft.PeftModel.from_pretrained(llm, dir / "adapter") loads it on the same LLM
+    llm.safetensors               with train_llm only: every trained LLM weight (the causal LM's parameter names,
+                                  a tied output projection once); loaded on top of the recorded initial LLM
     speech_llm.yaml               llm: {path, hash}, compressor_dir, config (SpeechLLMConfig), extra
 """
 
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 RECORD_NAME = "speech_llm.yaml"
 ENCODER_NAME = "audio_encoder.safetensors"
 ADAPTER_DIR = "adapter"
+LLM_WEIGHTS_NAME = "llm.safetensors"
 
 
 class LLMMismatchError(RuntimeError):
@@ -84,7 +87,8 @@ def build_speech_llm(
 
 
 def save_speech_llm(model: SpeechLLM, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write the audio encoder, the LoRA adapter and speech_llm.yaml to ``out_dir`` (replaced atomically)."""
+    """Write the audio encoder, the LoRA adapter (or with ``train_llm`` the LLM weights) and speech_llm.yaml to
+    ``out_dir`` (replaced atomically)."""
     out_dir = Path(out_dir)
     llm_path = resolve_llm_path(model.config.llm)
     if model.llm_hash is None:
@@ -102,6 +106,9 @@ def save_speech_llm(model: SpeechLLM, out_dir: str | os.PathLike, extra: dict | 
         save_file(encoder_state, tmp_dir / ENCODER_NAME)
         if model.config.lora.rank > 0:
             model.llm.save_pretrained(tmp_dir / ADAPTER_DIR)
+        if model.config.train_llm:
+            llm_state = {k: p.detach().cpu().contiguous() for k, p in model.hf_llm.named_parameters()}
+            save_file(llm_state, tmp_dir / LLM_WEIGHTS_NAME)
         (tmp_dir / RECORD_NAME).write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
         tmp_dir.chmod(0o755)
         replace_dir(tmp_dir, out_dir)
@@ -129,7 +136,8 @@ def load_speech_llm(
     trainable: bool = False,
 ) -> SpeechLLM:
     """Rebuild a saved SpeechLLM. The LLM is the recorded one unless ``llm_path`` is given; either way its content
-    hash must equal the recorded hash (LLMMismatchError otherwise). ``trainable=False`` freezes everything."""
+    hash must equal the recorded hash (LLMMismatchError otherwise); a ``train_llm`` model then gets its trained LLM
+    weights from ``llm.safetensors``. ``trainable=False`` freezes everything."""
     from speechllm_cli.models.speech_llm import SpeechLLM, SpeechLLMConfig
 
     model_dir = Path(model_dir)
@@ -158,8 +166,23 @@ def load_speech_llm(
     adapter = model_dir / ADAPTER_DIR if config.lora.rank > 0 else None
     model = SpeechLLM(config, compressor, llm_model, tokenizer, adapter_dir=adapter)
     model.encoder.load_state_dict(load_file(model_dir / ENCODER_NAME))
+    if config.train_llm:
+        _load_llm_weights(model.hf_llm, model_dir / LLM_WEIGHTS_NAME)
     model.llm_hash = found_hash
     model.compressor_dir = str(compressor_dir) if compressor_dir else record.get("compressor_dir")
     if not trainable:
         model.requires_grad_(False)
     return model.to(device).train(trainable)
+
+
+def _load_llm_weights(hf_llm: nn.Module, path: Path) -> None:
+    """Put the trained LLM weights saved in ``path`` into ``hf_llm`` (every parameter, nothing else)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the speech LLM in {path.parent} was trained with train_llm, "
+                                "so its trained LLM weights must be there; copy the whole model dir")
+    state = load_file(path)
+    expected = {name for name, _ in hf_llm.named_parameters()}
+    if set(state) != expected:
+        raise KeyError(f"{path} does not fit the recorded LLM: missing {sorted(expected - set(state))[:5]}, "
+                       f"unexpected {sorted(set(state) - expected)[:5]}")
+    hf_llm.load_state_dict(state, strict=False)

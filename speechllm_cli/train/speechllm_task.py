@@ -1,4 +1,5 @@
-"""Train a Speech-LLaMA model (audio encoder + LoRA on a frozen LLM) with the shared loop.
+"""Train a Speech-LLaMA model (audio encoder + LoRA on a frozen LLM) with the shared loop, or with
+``model_type: decoder_only`` the same model with every LLM weight trained (a scratch LLM from ``speechllm init-llm``).
 
 Usage:
     from speechllm_cli.train.speechllm_task import train_speechllm
@@ -8,7 +9,8 @@ Usage:
 
 Config (YAML)::
 
-    model_type: speech_llm                 # optional; `speechllm train` runs seq2seq_task for model_type: seq2seq
+    model_type: speech_llm                 # optional; decoder_only needs model.train_llm: true and model.lora.rank: 0
+                                           # (`speechllm train` runs seq2seq_task for model_type: seq2seq)
     compressor_dir: exp/ctc_compressor     # a trained CTC compressor (train_ctc's output dir)
     task: auto                             # asr for utt2lang in asr_langs, st otherwise; or a model.prompts key
     asr_langs: [en]                        # source languages whose utterances are recognised, not translated
@@ -17,7 +19,8 @@ Config (YAML)::
     train: {lr: 1e-4, epochs: 10, ...}                                                    # TrainConfig
 
 ``<out_dir>/model`` (and ``model.best``, ``model.avg``) are saved speech-LLM dirs: load them with
-``speechllm_cli.models.speech_llm.load_speech_llm``. Checkpoints hold the trainable state only.
+``speechllm_cli.models.speech_llm.load_speech_llm``. Checkpoints hold the trainable state only (with
+``train_llm`` that includes every LLM weight). model_info.json records the config's model_type.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ TARGET_FIELDS = {"text": "text", "text.src": "text_src"}  # dump table -> DumpDa
 
 @dataclasses.dataclass
 class SpeechLLMExperiment:
-    model_type: Literal["speech_llm"] = "speech_llm"  # `speechllm train` dispatches on it (seq2seq: seq2seq_task)
+    model_type: Literal["speech_llm", "decoder_only"] = "speech_llm"  # `speechllm train` dispatches on it
     compressor_dir: str = ""
     task: str = "auto"  # "auto": per utterance from utt2lang (asr_langs -> "asr", others -> "st"); or a prompt key
     asr_langs: list[str] = dataclasses.field(default_factory=lambda: ["en"])
@@ -67,10 +70,9 @@ class SpeechLLMExperiment:
 class SpeechLLMTask(Task):
     """Batches of fbank + prompt ids + target ids; loss = SpeechLLM's target-only cross-entropy."""
 
-    model_type = "speech_llm"
-
     def __init__(self, config: SpeechLLMExperiment):
         self.config = config
+        self.model_type = config.model_type  # model_info.json's model_type
         self.prompt_ids: dict[str, list[int]] = {}  # task -> prompt ids; set by build_model (needs the tokenizer)
         self.tokenizer = None
 
@@ -129,6 +131,10 @@ def load_experiment(config_path: str | os.PathLike, overrides: dict | None = Non
     """The experiment config of ``config_path`` with dotted ``overrides`` applied, checked."""
     mapping = apply_overrides(read_yaml(config_path), overrides)
     exp = load_dataclass(SpeechLLMExperiment, mapping, source=str(config_path))
+    if exp.model_type == "decoder_only" and not (exp.model.train_llm and exp.model.lora.rank == 0):
+        raise ConfigError(f"{config_path}: model_type: decoder_only trains every LLM weight: set model.train_llm: true "
+                          f"and model.lora.rank: 0 (got train_llm: {str(exp.model.train_llm).lower()}, "
+                          f"lora.rank: {exp.model.lora.rank})")
     if not exp.compressor_dir:
         raise ConfigError(f"{config_path}: compressor_dir is empty; set it to a trained CTC compressor dir")
     needed = ("asr", "st") if exp.task == "auto" else (exp.task,)
