@@ -20,14 +20,12 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from speechllm_cli.utils.io import replace_dir
+from speechllm_cli.utils.io import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -157,19 +155,11 @@ def export_llm(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path
 def save_hf_dir(model, tokenizer, out_dir: str | os.PathLike, source: str) -> Path:
     """Write ``model`` and ``tokenizer`` as a Hugging Face dir (safetensors) with a ``SOURCE`` note saying where
     they came from; ``out_dir`` is replaced atomically."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        tmp_dir.chmod(0o755)
+    with atomic_dir(out_dir) as tmp_dir:
         model.save_pretrained(tmp_dir)
         tokenizer.save_pretrained(tmp_dir)
         (tmp_dir / "SOURCE").write_text(f"{source}\n", encoding="utf-8")
-        replace_dir(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
 
 
 def _tied_keys(model) -> set[str]:

@@ -108,12 +108,13 @@ class Seq2SeqModel(nn.Module):
         self.output = nn.Linear(d_model, vocab)
 
     @property
-    def sos_id(self) -> int:
+    def eos_id(self) -> int:
+        """``<sos/eos>``: the last id (it also starts the decoder input)."""
         return self.config.vocab_size - 1
 
     @property
-    def eos_id(self) -> int:
-        return self.config.vocab_size - 1
+    def sos_id(self) -> int:
+        return self.eos_id
 
     def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (B, T, input_dim) raw fbank, feat_lens (B,) -> enc (B, T', D) (0 past enc_lens), enc_lens (B,)."""

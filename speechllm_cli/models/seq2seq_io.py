@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -29,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from speechllm_cli.models.seq2seq import Seq2SeqConfig, Seq2SeqModel
 from speechllm_cli.text.tokenizer import MODEL_NAME, TOKENS_NAME, Tokenizer
 from speechllm_cli.train.config import dump_config, load_dataclass, read_yaml
-from speechllm_cli.utils.io import replace_dir
+from speechllm_cli.utils.io import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +42,7 @@ def save_seq2seq(model: Seq2SeqModel, tokenizer_dir: str | os.PathLike, experime
     """Write ``out_dir`` (replaced atomically) from the model, its target token list dir and the resolved
     experiment config (a plain mapping whose ``model`` section is ``model.config``)."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp_dir:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, tmp_dir / WEIGHTS_NAME)
         (tmp_dir / "tokenizer").mkdir()
@@ -54,11 +51,6 @@ def save_seq2seq(model: Seq2SeqModel, tokenizer_dir: str | os.PathLike, experime
         dump_config(tmp_dir / "config.yaml", experiment_config)
         record = {"model_type": MODEL_TYPE, "weights": WEIGHTS_NAME}
         (tmp_dir / RECORD_NAME).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        tmp_dir.chmod(0o755)
-        replace_dir(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     logger.info("saved the seq2seq model to %s", out_dir)
     return out_dir
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +29,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from speechllm_cli.models.llm import find_embedded_gguf, llm_content_hash, load_llm
-from speechllm_cli.utils.io import replace_dir
+from speechllm_cli.utils.io import atomic_dir
 
 if TYPE_CHECKING:
     from torch import nn
@@ -99,9 +97,7 @@ def save_speech_llm(model: SpeechLLM, out_dir: str | os.PathLike, extra: dict | 
         "config": model.config.to_dict(),
         "extra": extra or {},
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp_dir:
         encoder_state = {k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()}
         save_file(encoder_state, tmp_dir / ENCODER_NAME)
         if model.config.lora.rank > 0:
@@ -110,11 +106,6 @@ def save_speech_llm(model: SpeechLLM, out_dir: str | os.PathLike, extra: dict | 
             llm_state = {k: p.detach().cpu().contiguous() for k, p in model.hf_llm.named_parameters()}
             save_file(llm_state, tmp_dir / LLM_WEIGHTS_NAME)
         (tmp_dir / RECORD_NAME).write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
-        tmp_dir.chmod(0o755)
-        replace_dir(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     logger.info("saved speech LLM to %s", out_dir)
     return out_dir
 

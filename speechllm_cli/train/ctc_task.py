@@ -18,12 +18,10 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Literal
 
@@ -41,11 +39,10 @@ from speechllm_cli.train.config import (
     TrainConfig,
     apply_overrides,
     load_dataclass,
-    parse_override,
     read_yaml,
 )
-from speechllm_cli.train.dataset import DumpDataset, require_file
-from speechllm_cli.train.distributed import launch
+from speechllm_cli.train.dataset import DumpDataset, check_input_dim, require_file
+from speechllm_cli.train.entry import training_main
 from speechllm_cli.train.loop import Trainer
 from speechllm_cli.train.task import Stats, Task
 from speechllm_cli.utils.io import atomic_path
@@ -144,10 +141,7 @@ def train_ctc(
     cmvn_stats = read_cmvn_stats(require_file(Path(train_dir) / "cmvn.ark"))
     train_set = DumpDataset(train_dir, require=(config.target_table,))
     valid_set = DumpDataset(valid_dir, require=(config.target_table,))
-    dims = train_set[0]["feats"].shape[1]
-    if dims != config.model.input_dim or cmvn_stats.shape[1] - 1 != dims:
-        raise ConfigError(f"{config_path}: model.input_dim is {config.model.input_dim} but {train_dir} has {dims}-dim "
-                          f"features and {cmvn_stats.shape[1] - 1}-dim CMVN stats; set model.input_dim or redo stage 2")
+    check_input_dim(config_path, config.model.input_dim, train_set, cmvn_stats)
     if int(os.environ.get("RANK", "0")) == 0:
         _copy_tokenizer(Path(config.tokenizer), Path(out_dir))
     task = CTCTask(config, tokenizer, cmvn_stats)
@@ -174,27 +168,7 @@ def load_ctc_compressor(
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry (also what torchrun runs in each process)."""
-    from speechllm_cli.utils.logging import setup_logging
-
-    parser = argparse.ArgumentParser(prog="python -m speechllm_cli.train.ctc_task", description=train_ctc.__doc__)
-    parser.add_argument("--config", required=True, help="experiment YAML (tokenizer, model, train sections)")
-    parser.add_argument("--train-data", required=True, help="training dump dir (feats.scp, cmvn.ark, text.src)")
-    parser.add_argument("--valid-data", required=True, help="validation dump dir")
-    parser.add_argument("--out", required=True, help="experiment dir, e.g. exp/ctc_compressor")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.lr=5e-4 (repeatable)")
-    parser.add_argument("--num-procs", type=int, default=1, help="data-parallel processes (torchrun)")
-    args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        overrides = dict(parse_override(s) for s in args.set)
-        if args.num_procs > 1 and "WORLD_SIZE" not in os.environ:
-            sys.exit(launch(args.num_procs, "speechllm_cli.train.ctc_task", sys.argv[1:] if argv is None else argv))
-        train_ctc(args.config, args.train_data, args.valid_data, args.out, resume=args.resume, overrides=overrides)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
-        logger.error("%s", exc)
-        sys.exit(1)
+    training_main(argv, "speechllm_cli.train.ctc_task", train_ctc, out_example="exp/ctc_compressor")
 
 
 if __name__ == "__main__":

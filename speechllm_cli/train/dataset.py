@@ -60,6 +60,16 @@ def require_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_input_dim(config_path, input_dim: int, train_set: DumpDataset, cmvn_stats: np.ndarray) -> None:
+    """The model's ``input_dim`` must equal the feature and CMVN dimensions of the training dump dir."""
+    from speechllm_cli.train.config import ConfigError
+
+    dims = train_set[0]["feats"].shape[1]
+    if dims != input_dim or cmvn_stats.shape[1] - 1 != dims:
+        raise ConfigError(f"{config_path}: model.input_dim is {input_dim} but {train_set.dump_dir} has {dims}-dim "
+                          f"features and {cmvn_stats.shape[1] - 1}-dim CMVN stats; set model.input_dim or redo stage 2")
+
+
 class DumpDataset:
     """Examples of a dump dir: ``{"utt_id", "feats" (T, D) float32, "num_frames", "text", "text_src", "lang"}``.
 

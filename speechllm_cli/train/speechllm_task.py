@@ -25,11 +25,9 @@ Config (YAML)::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Literal
 
@@ -43,11 +41,10 @@ from speechllm_cli.train.config import (
     TrainConfig,
     apply_overrides,
     load_dataclass,
-    parse_override,
     read_yaml,
 )
 from speechllm_cli.train.dataset import DumpDataset
-from speechllm_cli.train.distributed import launch
+from speechllm_cli.train.entry import training_main
 from speechllm_cli.train.task import Stats, Task, unwrap
 
 logger = logging.getLogger(__name__)
@@ -166,30 +163,8 @@ def train_speechllm(
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry (also what torchrun runs in each process)."""
-    from speechllm_cli.utils.logging import setup_logging
-
-    parser = argparse.ArgumentParser(prog="python -m speechllm_cli.train.speechllm_task",
-                                     description=train_speechllm.__doc__)
-    parser.add_argument("--config", required=True, help="experiment YAML (compressor_dir, task, target, model, train)")
-    parser.add_argument("--train-data", required=True, help="training dump dir (feats.scp + the target table)")
-    parser.add_argument("--valid-data", default="", help="validation dump dir ('' = none)")
-    parser.add_argument("--out", required=True, help="experiment dir, e.g. exp/speechllm")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set model.lora.rank=4 (repeatable)")
-    parser.add_argument("--num-procs", type=int, default=1, help="data-parallel processes (torchrun)")
-    args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        overrides = dict(parse_override(s) for s in args.set)
-        if args.num_procs > 1 and "WORLD_SIZE" not in os.environ:
-            module = "speechllm_cli.train.speechllm_task"
-            sys.exit(launch(args.num_procs, module, sys.argv[1:] if argv is None else argv))
-        train_speechllm(args.config, args.train_data, args.valid_data or None, args.out, resume=args.resume,
-                        overrides=overrides)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, LLMMismatchError) as exc:
-        logger.error("%s", exc)
-        sys.exit(1)
+    training_main(argv, "speechllm_cli.train.speechllm_task", train_speechllm, out_example="exp/speechllm",
+                  valid_required=False, errors=(LLMMismatchError,))
 
 
 if __name__ == "__main__":

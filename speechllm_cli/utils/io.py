@@ -49,3 +49,23 @@ def replace_dir(new_dir: str | os.PathLike, out_dir: str | os.PathLike) -> None:
     os.replace(out_dir, old_dir / "x")
     os.replace(new_dir, out_dir)
     shutil.rmtree(old_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Fill a fresh temporary folder beside ``out_dir``; on success it replaces ``out_dir`` (see
+    :func:`replace_dir`), on an error it is removed and ``out_dir`` is left as it was::
+
+        with atomic_dir("exp/seq2seq/model") as tmp:
+            save_file(state, tmp / "model.safetensors")
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        tmp_dir.chmod(0o755)
+        yield tmp_dir
+        replace_dir(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
