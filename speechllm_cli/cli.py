@@ -136,11 +136,18 @@ def validate_data_cmd(data_dirs: list[Path] = typer.Argument(..., help="Kaldi da
 
 
 @app.command("fix-data")
-def fix_data_cmd(data_dir: Path = typer.Argument(..., help="Kaldi data dir to repair in place.")) -> None:
-    """Sort tables and keep only utterances present in all of them with non-empty text."""
-    from speechllm_cli.data.kaldi_dir import fix_data_dir
+def fix_data_cmd(
+    data_dir: Path = typer.Argument(..., help="Kaldi data dir to repair in place."),
+    max_drop: float = typer.Option(0.1, help="Fail, changing nothing, rather than remove more than this share."),
+) -> None:
+    """Sort tables and keep only utterances present in all of them with non-empty text (each removal and its
+    reason logged and listed in DATA_DIR/.backup/removed)."""
+    from speechllm_cli.data.kaldi_dir import DataDirError, fix_data_dir
 
-    removed = fix_data_dir(data_dir)
+    try:
+        removed = fix_data_dir(data_dir, max_drop=max_drop)
+    except DataDirError as exc:
+        _fail(str(exc))
     logger.info("%s: removed %d utterance(s)%s", data_dir, len(removed),
                 f", listed in {data_dir / '.backup/removed'}" if removed else "")
 
@@ -421,6 +428,33 @@ def rescore_cmd(
                 tune_nbest=tune_nbest, grid=grid, asr_langs=tuple(asr_langs.split()), device=device, dtype=dtype)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
+
+
+@app.command("diagnose")
+def diagnose_cmd(
+    model: Path = typer.Option(..., help="Trained speech-LLM experiment or model dir, e.g. exp/speechllm."),
+    data: Path = typer.Option(..., help="Dump dir to measure on, e.g. dump/dev."),
+    decode_dir: Path | None = typer.Option(None, help="Decode dir whose distinct hypotheses to count "
+                                           "(default MODEL/decode_<set> when it exists)."),
+    out: Path | None = typer.Option(None, help="JSON report (default MODEL/diagnose_<set>.json)."),
+    batch_size: int = typer.Option(16, help="Utterances per batch (the rolled audio comes from the same batch)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    llm: Path | None = typer.Option(None, help="The LLM, when it moved since training (same content hash)."),
+) -> None:
+    """Does the model use its audio? Loss with true / rolled / no audio, embedding norms and similarity, and
+    distinct hypotheses per language."""
+    from speechllm_cli.data.kaldi_dir import DataDirError
+    from speechllm_cli.diagnose.report import diagnose, format_report, write_report
+    from speechllm_cli.models.speech_llm_io import LLMMismatchError
+
+    if decode_dir is None and (model / f"decode_{data.name}" / "hyp.txt").is_file():
+        decode_dir = model / f"decode_{data.name}"
+    try:
+        report = diagnose(model, data, decode_dir, batch_size=batch_size, device=device, llm_path=llm)
+    except (DataDirError, FileNotFoundError, ValueError, LLMMismatchError) as exc:
+        _fail(str(exc))
+    print(format_report(report))
+    logger.info("wrote %s", write_report(report, out or model / f"diagnose_{data.name}.json"))
 
 
 # --------------------------------------------------------------------------- scoring (stage 7)

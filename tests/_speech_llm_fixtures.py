@@ -113,17 +113,20 @@ def feats_batch(indices=(0, 1, 2)) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.nn.utils.rnn.pad_sequence(chosen, batch_first=True), lens
 
 
-def make_model(llm_dir: Path, compressor=None, seed: int = 0, **overrides):
-    """A SpeechLLM on the tiny LLaMA in ``llm_dir`` with a tiny audio encoder (eval mode, dropout 0)."""
+def make_model(llm_dir: Path, compressor=None, seed: int = 0, encoder_label_pieces=None, **overrides):
+    """A SpeechLLM on the tiny LLaMA in ``llm_dir`` with a tiny audio encoder (eval mode, dropout 0); with
+    ``encoder_label_pieces`` (the compressor's CTC pieces) the encoder has a label table initialised from them."""
     from speechllm_cli.models.audio_encoder import AudioEncoderConfig
     from speechllm_cli.models.llm import load_llm
     from speechllm_cli.models.speech_llm import SpeechLLM, SpeechLLMConfig
 
-    encoder = AudioEncoderConfig(num_layers=1, d_model=32, num_heads=2, ff_dim=64, dropout=0.0)
+    encoder = AudioEncoderConfig(num_layers=1, d_model=32, num_heads=2, ff_dim=64, dropout=0.0,
+                                 label_embeddings=encoder_label_pieces is not None)
     config = SpeechLLMConfig(llm=str(llm_dir), encoder=encoder, **overrides)
     llm, tokenizer = load_llm(llm_dir, attn_implementation=config.attn_implementation)
     torch.manual_seed(seed)
-    return SpeechLLM(config, compressor if compressor is not None else tiny_compressor(), llm, tokenizer).eval()
+    compressor = compressor if compressor is not None else tiny_compressor()
+    return SpeechLLM(config, compressor, llm, tokenizer, ctc_pieces=encoder_label_pieces).eval()
 
 
 TARGETS = ["hello world", "the cat sat on the mat", "good morning, how are you today?"]

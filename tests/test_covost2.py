@@ -9,11 +9,11 @@ import sys
 import pytest
 from speech_synth import requires_espeak, synth_speech
 
-from speechllm_cli.data.covost2 import prepare_covost2, speaker_ids
+from speechllm_cli.data.covost2 import CorpusError, prepare_covost2, speaker_id
 from speechllm_cli.data.kaldi_dir import DataDir, read_table, validate_data_dir
 
 CLIENT_A = "a1b2c3d4" + "0" * 56
-CLIENT_B = "a1b2c3d4" + "f" * 56  # shares the 8-char prefix with A: ids must lengthen
+CLIENT_B = "a1b2c3d4" + "f" * 56  # shares the 8-char prefix with A: the speaker ids must still differ
 CLIENT_C = "99887766" + "1" * 56
 
 ROWS_DE = [  # clip, client, sentence, translation, split
@@ -71,15 +71,17 @@ def test_prepare_real_layout(corpus, tmp_path, caplog):
     assert 'Er sagte "Hallo" zu mir.' in train.tables["text.src"].values()
     assert set(train.tables["utt2lang"].values()) == {"de", "en"}
     speakers = set(train.utt2spk.values()) | set(DataDir.load(tmp_path / "data" / "dev").utt2spk.values())
-    assert len(speakers) == 3 and all(len(s) == 12 for s in speakers if s.startswith("a1b2"))
+    assert speakers == {CLIENT_A, CLIENT_B, CLIENT_C}  # the client ids themselves: they cannot collide
     dev = DataDir.load(tmp_path / "data" / "dev")
     assert list(dev.tables["text"].values()) == ['That is "good".']  # typographic quotes normalised
     test_en = DataDir.load(tmp_path / "data" / "test_en")
     assert list(test_en.tables["text"].values()) == ["It's \"quoted\" here."]  # ASR: target = sentence
     skipped = read_table(tmp_path / "data" / "train_de" / "skipped")
-    assert sorted(skipped.values()) == ["missing clip", "not decodable (LibsndfileError)"]
+    assert sorted(skipped.values()) == ["empty translation in covost_v2.de_en.tsv", "missing clip",
+                                        "not decodable (LibsndfileError)"]
+    assert skipped[f"{CLIENT_C}-common_voice_de_5"] == "empty translation in covost_v2.de_en.tsv"
     assert (tmp_path / "data" / "train" / "text_norm").read_text() == "tc\n"
-    assert "empty translation" in caplog.text and "no_split" in caplog.text
+    assert "no_split" in caplog.text
     assert 1.0 < float(next(iter(train.tables["utt2dur"].values()))) < 5.0
 
 
@@ -102,7 +104,7 @@ def test_missing_table_names_the_file(tmp_path):
     assert result.returncode == 1 and "covost_v2.de_en.tsv: not found" in result.stderr
 
 
-def test_speaker_ids_unique_prefixes():
-    short = speaker_ids({CLIENT_A, CLIENT_B, CLIENT_C})
-    assert len(set(short.values())) == 3 and {len(s) for s in short.values()} == {12}
-    assert speaker_ids({CLIENT_A, CLIENT_C}) == {CLIENT_A: "a1b2c3d4", CLIENT_C: "99887766"}
+def test_speaker_ids_are_the_client_ids():
+    assert [speaker_id(c) for c in (CLIENT_A, CLIENT_B)] == [CLIENT_A, CLIENT_B]  # same 8-char prefix, distinct
+    with pytest.raises(CorpusError, match="client_id 'a b'"):
+        speaker_id("a b")

@@ -97,8 +97,8 @@ def test_fix_data_keeps_the_intersection(tmp_path):
     data = make_dir(tmp_path / "d", {"spkA": 3})
     (data.path / "text").write_text("spkA-utt002 b\nspkA-utt000 a\n")  # unsorted, one missing
     (data.path / "text.src").write_text("spkA-utt000 x\nspkA-utt001 y\nspkA-utt002 \n")  # one empty
-    removed = fix_data_dir(data.path)
-    assert removed == ["spkA-utt001", "spkA-utt002"]
+    removed = fix_data_dir(data.path, max_drop=1.0)
+    assert removed == {"spkA-utt001": "not in text", "spkA-utt002": "empty text.src"}
     validate_data_dir(data.path)
     assert read_table(data.path / "text") == {"spkA-utt000": "a"}
 

@@ -9,7 +9,12 @@ transcript), else the split of any ``covost_v2.en_*.tsv`` with the sentence as t
 
 Outputs: ``<out>/{train,dev,test}_<lang>`` per language and combined ``<out>/{train,dev,test}``
 (``text`` = English target, ``text.src`` = source sentence, ``utt2lang``, ``utt2dur``,
-``text_norm``); clips that are missing or unreadable are listed in ``<set>/skipped``.
+``text_norm``); rows with an empty translation or sentence, clips that are missing or unreadable and
+utterances out of the duration range are listed in ``<set>/skipped`` (``utt reason``).
+
+Speaker ids are the Common Voice client ids themselves (as Kaldi's Common Voice recipe has them): two
+clients never share one, whichever languages or runs a data dir comes from. Utterance ids are
+``<client id>-<clip name>``, so speaker ids prefix them (long ids, but collision-free).
 
 Example:
     prepare_covost2(Path("cv"), Path("covost"), ["de", "fr"], Path("data"), norm="tc")
@@ -20,6 +25,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import re
 import sys
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +40,7 @@ from speechllm_cli.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
+_SPEAKER_RE = re.compile(r"[A-Za-z0-9_]+")
 SPLITS = {"train": "train", "train_covost": "train", "dev": "dev", "test": "test"}
 TARGET_LANG = "en"
 
@@ -50,8 +57,9 @@ class Utterance:
     clip: Path
     source: str
     target: str
-    speaker: str = ""  # shortened client id, set once every language is read
+    speaker: str = ""  # the client id, checked (set by assign_ids)
     utt_id: str = ""
+    skip: str = ""  # why the row is listed in ``skipped`` instead of used (empty translation...)
 
 
 def read_tsv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
@@ -83,24 +91,25 @@ def covost_table(covost_dir: Path, lang: str) -> tuple[Path, bool]:
     return others[0], False
 
 
-def speaker_ids(client_ids: set[str], min_len: int = 8) -> dict[str, str]:
-    """Shorten Common Voice client ids to the shortest prefix (>= min_len) unique across them."""
-    length = min_len
-    ids = sorted(client_ids)
-    while True:
-        short = {c: c[:length] for c in ids}
-        if len(set(short.values())) == len(ids):
-            return short
-        length += 4
+def speaker_id(client_id: str) -> str:
+    """The Kaldi speaker id of a Common Voice client: the client id itself (unique by construction), which must
+    be letters, digits and ``_`` (Common Voice's are hex digests) so that ``<speaker>-<clip>`` utterance ids sort
+    with their speaker (C order)."""
+    if not _SPEAKER_RE.fullmatch(client_id):
+        raise CorpusError(f"client_id {client_id!r} is not made of letters, digits and '_' only, so it cannot be "
+                          "a Kaldi speaker id; check validated.tsv's client_id column")
+    return client_id
 
 
 def load_language(cv_root: Path, covost_dir: Path, lang: str, norm: str) -> tuple[list[Utterance], Counter]:
-    """Join one language's CoVoST2 table with Common Voice's validated.tsv."""
+    """Join one language's CoVoST2 table with Common Voice's validated.tsv. Rows with an empty translation or
+    sentence come back with ``skip`` set (they go to the ``skipped`` lists); rows that cannot become an utterance
+    at all (unknown split, clip not in validated.tsv) are only counted."""
     validated = read_tsv(cv_root / lang / "validated.tsv", ("client_id", "path", "sentence"))
     by_path = {row["path"]: row for row in validated}
     table_path, use_translation = covost_table(covost_dir, lang)
     counts: Counter = Counter()
-    rows = []
+    utterances = []
     for row in read_tsv(table_path, ("path", "translation", "split") if use_translation else ("path", "split")):
         split = SPLITS.get(row["split"].strip())
         cv_row = by_path.get(row["path"])
@@ -111,27 +120,22 @@ def load_language(cv_root: Path, covost_dir: Path, lang: str, norm: str) -> tupl
             counts["not in validated.tsv"] += 1
             continue
         target = row["translation"] if use_translation else cv_row["sentence"]
+        skip = ""
         if not target.strip():
-            counts["empty translation"] += 1
-            continue
-        if not cv_row["sentence"].strip():
-            counts["empty sentence"] += 1
-            continue
-        rows.append((row, cv_row, split, target))
-    utterances = [
-        Utterance(client_id=cv_row["client_id"], lang=lang, split=split,
-                  clip=(cv_root / lang / "clips" / row["path"]).resolve(),
-                  source=normalize(cv_row["sentence"], "tc"), target=normalize(target, norm))
-        for row, cv_row, split, target in rows
-    ]
+            skip = f"empty translation in {table_path.name}"
+        elif not cv_row["sentence"].strip():
+            skip = "empty sentence in validated.tsv"
+        clip = (cv_root / lang / "clips" / row["path"]).resolve()
+        utterances.append(Utterance(client_id=cv_row["client_id"], lang=lang, split=split, clip=clip,
+                                    source=normalize(cv_row["sentence"], "tc", lang=lang),
+                                    target=normalize(target, norm, lang=TARGET_LANG), skip=skip))
     return utterances, counts
 
 
 def assign_ids(utterances: list[Utterance]) -> None:
-    """Speaker = shortened client id (unique over all languages); utt id = speaker + clip name."""
-    short = speaker_ids({u.client_id for u in utterances})
+    """Speaker = client id; utt id = speaker + clip name."""
     for u in utterances:
-        u.speaker = short[u.client_id]
+        u.speaker = speaker_id(u.client_id)
         u.utt_id = f"{u.speaker}-{u.clip.stem}"
 
 
@@ -190,9 +194,11 @@ def prepare_covost2(cv_root: Path, covost_dir: Path, src_langs: list[str], out_d
     assign_ids(all_utts)
     durations: dict[str, float] = {}
     skipped: dict[str, str] = {}
+    skipped.update({u.utt_id: u.skip for u in all_utts if u.skip})
+    to_probe = [u for u in all_utts if not u.skip]
     with ThreadPoolExecutor(jobs) as pool:
-        probes = pool.map(probe_clip, [u.clip for u in all_utts])
-        for u, (dur, reason) in tqdm(zip(all_utts, probes), total=len(all_utts), desc="probe clips", unit="clip"):
+        probes = pool.map(probe_clip, [u.clip for u in to_probe])
+        for u, (dur, reason) in tqdm(zip(to_probe, probes), total=len(to_probe), desc="probe clips", unit="clip"):
             if dur is None:
                 skipped[u.utt_id] = reason
             else:

@@ -3,6 +3,9 @@
 A data dir holds one ``<utt-id> <value>`` table per file (``wav.scp``, ``text``, ``text.src``,
 ``utt2spk``, ``utt2lang``, optional ``segments``), plus ``spk2utt``. Tables are sorted in C
 byte order (Python's code-point order on UTF-8 equals it) and speaker ids prefix utterance ids.
+As in Kaldi, a space or a tab ends the id. Files are read as bytes and must be UTF-8 without a byte order
+mark or carriage returns; ``text`` and ``text.src`` also follow Kaldi's ``validate_text.pl`` (no whitespace but
+space and tab, a newline after the last line). Every error names the file, the line and the fix.
 
 Example:
     >>> d = DataDir.load("data/train")            # doctest: +SKIP
@@ -12,9 +15,14 @@ Example:
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import logging
 import os
+import re
+import unicodedata
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 from speechllm_cli.utils.io import atomic_write_text
@@ -23,31 +31,72 @@ from speechllm_cli.utils.io import atomic_write_text
 UTT_TABLES = ("text", "text.src", "utt2spk", "utt2lang", "utt2dur", "utt2num_frames")
 REQUIRED_TABLES = ("wav.scp", "text", "utt2spk")
 TEXT_TABLES = ("text", "text.src")
+MAX_DROP = 0.1  # fix-data refuses to remove a larger share of the utterances unless told to
+_KEY_VALUE = re.compile(r"([^ \t]*)[ \t]*(.*)", re.DOTALL)
+# whitespace that Kaldi's validate_text.pl rejects in text: every Unicode space but space, tab and newline
+_DISALLOWED_SPACE = re.compile(r"[^\S \t\n]")
+
+logger = logging.getLogger(__name__)
 
 
 class DataDirError(ValueError):
     """A data dir file is malformed; the message names the file, the line and the fix."""
 
 
-def read_table(path: str | os.PathLike, allow_empty_value: bool = False) -> OrderedDict[str, str]:
-    """Read a Kaldi ``key value`` table into an ordered dict (file order kept).
+def split_fields(line: str) -> tuple[str, str]:
+    """``(key, value)`` of a table line as Kaldi's tools read it: the key ends at the first space or tab
+    (both separate fields), the value is the rest without surrounding whitespace."""
+    match = _KEY_VALUE.match(line)
+    return match.group(1), match.group(2).strip()
 
-    Raises DataDirError on a duplicate key or, unless ``allow_empty_value``, a key with no value.
+
+def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str, bool]]:
+    """``(line number, text without its newline, ended by a newline)`` for each line of a UTF-8 table.
+
+    Reads bytes, so no line end is translated: a UTF-8 byte order mark, bytes that are not UTF-8 and
+    carriage returns (Windows line ends) raise DataDirError naming the file, the line and the fix.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            ended = raw.endswith(b"\n")
+            raw = raw[:-1] if ended else raw
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raise DataDirError(f"{path}:1: starts with a UTF-8 byte order mark (BOM), which Kaldi takes as part "
+                                   f"of the first id; remove it: sed -i '1s/^\\xEF\\xBB\\xBF//' {path}")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataDirError(
+                    f"{path}:{lineno}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                    f"convert the file from its encoding, e.g. iconv -f latin1 -t utf-8 {path} > {path}.utf8 "
+                    f"&& mv {path}.utf8 {path}"
+                ) from None
+            if "\r" in line:
+                raise DataDirError(f"{path}:{lineno}: contains a carriage return (\\r, a Windows line end), which "
+                                   f"Kaldi's validate_text.pl rejects; strip them: sed -i 's/\\r//g' {path}")
+            yield lineno, line, ended
+
+
+def read_table(path: str | os.PathLike, allow_empty_value: bool = False) -> OrderedDict[str, str]:
+    """Read a Kaldi ``key value`` table into an ordered dict (file order kept); space or tab separate the key.
+
+    Raises DataDirError on a duplicate key, an empty line, bytes that are not UTF-8, a byte order mark, a
+    carriage return or, unless ``allow_empty_value``, a key with no value.
     """
     path = Path(path)
     table: OrderedDict[str, str] = OrderedDict()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                raise DataDirError(f"{path}:{lineno}: empty line; remove it")
-            key, _, value = line.partition(" ")
-            value = value.strip()
-            if key in table:
-                raise DataDirError(f"{path}:{lineno}: duplicate key '{key}'; each id must appear once")
-            if not value and not allow_empty_value:
-                raise DataDirError(f"{path}:{lineno}: '{key}' has no value; fill it in or drop the utterance")
-            table[key] = value
+    for lineno, line, _ in iter_lines(path):
+        if not line.strip():
+            raise DataDirError(f"{path}:{lineno}: empty line; remove it")
+        key, value = split_fields(line)
+        if not key:
+            raise DataDirError(f"{path}:{lineno}: starts with whitespace; each line is '<id> <value>'")
+        if key in table:
+            raise DataDirError(f"{path}:{lineno}: duplicate key '{key}'; each id must appear once")
+        if not value and not allow_empty_value:
+            raise DataDirError(f"{path}:{lineno}: '{key}' has no value; fill it in or drop the utterance")
+        table[key] = value
     return table
 
 
@@ -122,17 +171,36 @@ class DataDir:
 
 def _check_sorted_file(path: Path) -> list[str]:
     keys = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            key = line.split(" ", 1)[0].rstrip("\n")
-            if keys and key <= keys[-1]:
-                problem = "duplicate" if key == keys[-1] else "not sorted"
-                raise DataDirError(
-                    f"{path}:{lineno}: '{key}' is {problem} (C order, unique keys); "
-                    f"fix with `speechllm fix-data {path.parent}` or `LC_ALL=C sort -u`"
-                )
-            keys.append(key)
+    for lineno, line, _ in iter_lines(path):
+        key = split_fields(line)[0]
+        if not key:
+            raise DataDirError(f"{path}:{lineno}: empty line or leading whitespace; each line is '<id> <value>'")
+        if keys and key <= keys[-1]:
+            problem = "duplicate" if key == keys[-1] else "not sorted"
+            raise DataDirError(
+                f"{path}:{lineno}: '{key}' is {problem} (C order, unique keys); "
+                f"fix with `speechllm fix-data {path.parent}` or `LC_ALL=C sort -u`"
+            )
+        keys.append(key)
     return keys
+
+
+def check_text_file(path: str | os.PathLike) -> None:
+    """Kaldi's ``validate_text.pl`` rules for a ``text`` table: every line ends with a newline and holds no
+    whitespace but space and tab (no carriage return, no-break space, line separator...); UTF-8 throughout."""
+    path = Path(path)
+    for lineno, line, ended in iter_lines(path):
+        if not ended:
+            raise DataDirError(f"{path}:{lineno}: the last line has no newline at its end; add one: echo >> {path}")
+        bad = _DISALLOWED_SPACE.search(line)
+        if bad:
+            char = bad.group()
+            name = unicodedata.name(char, "a control character")
+            raise DataDirError(
+                f"{path}:{lineno}: '{split_fields(line)[0]}' holds U+{ord(char):04X} ({name}) at column "
+                f"{bad.start() + 1}, a whitespace Kaldi's validate_text.pl rejects; replace it with a plain space "
+                "(`speechllm prepare-covost2` normalises it)"
+            )
 
 
 def validate_data_dir(path: str | os.PathLike) -> None:
@@ -147,6 +215,9 @@ def validate_data_dir(path: str | os.PathLike) -> None:
     for name in ("wav.scp", "segments", *UTT_TABLES, "feats.scp", "spk2utt"):
         if (path / name).exists():
             _check_sorted_file(path / name)
+    for name in TEXT_TABLES:
+        if (path / name).exists():
+            check_text_file(path / name)
     data = DataDir.load(path)
     utts = set(data.utt2spk)
     for utt, spk in data.utt2spk.items():
@@ -183,45 +254,73 @@ def validate_data_dir(path: str | os.PathLike) -> None:
         raise DataDirError(f"{path / 'wav.scp'}: covers other utterances than utt2spk; run `speechllm fix-data {path}`")
     if (path / "spk2utt").exists():
         expected = spk2utt_from_utt2spk(data.utt2spk)
-        with open(path / "spk2utt", encoding="utf-8") as f:
-            found = OrderedDict((line.split()[0], line.split()[1:]) for line in f if line.strip())
+        found = OrderedDict((line.split()[0], line.split()[1:]) for _, line, _ in iter_lines(path / "spk2utt")
+                            if line.strip())
         if found != expected:
             raise DataDirError(f"{path / 'spk2utt'}: does not match utt2spk; run `speechllm fix-data {path}`")
 
 
-def fix_data_dir(path: str | os.PathLike) -> list[str]:
-    """Keep only utterances present in every table with non-empty text; sort and rewrite.
+def fix_data_dir(path: str | os.PathLike, max_drop: float = MAX_DROP) -> dict[str, str]:
+    """Keep only utterances present in every table with non-empty text; sort and rewrite (Kaldi's
+    ``fix_data_dir.sh``; the old tables are kept in ``<dir>/.backup/``).
 
-    Returns the removed utterance ids (also written to ``<dir>/.backup/removed``).
+    Returns the removed utterance ids with the reason of each (also written to ``<dir>/.backup/removed``
+    as ``utt reason`` lines). Removing more than ``max_drop`` of the utterances (a share, 0..1) is taken as a
+    sign of a malformed table, not of bad utterances: DataDirError, and nothing is written.
     """
     path = Path(path)
     tables = {}
     for name in ("wav.scp", "segments", *UTT_TABLES, "feats.scp"):
         if (path / name).exists():
             tables[name] = _read_lenient(path / name)
-    utts = set(tables["utt2spk"])
-    for name, table in tables.items():
-        if name != "wav.scp" or "segments" not in tables:
-            utts &= set(table)
-    for name in TEXT_TABLES:
-        if name in tables:
-            utts = {u for u in utts if tables[name].get(u, "").strip()}
-    removed = sorted(set(tables["utt2spk"]) - utts)
-    data = DataDir(path, tables).subset(utts)
+    if "utt2spk" not in tables:
+        raise DataDirError(f"{path / 'utt2spk'}: missing; fix-data keeps the utterances of utt2spk")
+    removed = _removal_reasons(tables)
+    total = len(tables["utt2spk"])
+    if removed and len(removed) > max_drop * total:
+        examples = "; ".join(f"{u}: {r}" for u, r in list(removed.items())[:3])
+        raise DataDirError(
+            f"{path}: fix-data would remove {len(removed)} of {total} utterances ({100 * len(removed) / total:.0f}%, "
+            f"more than --max-drop {max_drop:g}), e.g. {examples}. Such a share points at one malformed table "
+            "(another id scheme, a wrong separator); nothing was changed. Fix that table, or pass --max-drop 1 "
+            "to remove them anyway"
+        )
+    for name in tables:
+        atomic_write_text(path / ".backup" / name, (path / name).read_text(encoding="utf-8"))
+    data = DataDir(path, tables).subset(set(tables["utt2spk"]) - set(removed))
     data.save()
-    if removed:
-        atomic_write_text(path / ".backup" / "removed", "".join(f"{u}\n" for u in removed))
+    atomic_write_text(path / ".backup" / "removed", "".join(f"{u} {r}\n" for u, r in removed.items()))
+    for utt, reason in list(removed.items())[:20]:
+        logger.warning("%s: removed %s: %s", path, utt, reason)
+    if len(removed) > 20:
+        logger.warning("%s: ... and %d more, each listed with its reason in %s", path, len(removed) - 20,
+                       path / ".backup" / "removed")
     return removed
+
+
+def _removal_reasons(tables: dict[str, OrderedDict[str, str]]) -> dict[str, str]:
+    """utt -> why fix-data removes it (the tables that lack it, or its empty texts), in C order."""
+    reasons = {}
+    for utt in sorted(tables["utt2spk"]):
+        why = [f"not in {name}" for name, table in tables.items()
+               if (name != "wav.scp" or "segments" not in tables) and utt not in table]
+        if "segments" in tables and "wav.scp" in tables and utt in tables["segments"]:
+            recording = (tables["segments"][utt].split() or [""])[0]
+            if recording not in tables["wav.scp"]:
+                why.append(f"its recording '{recording}' is not in wav.scp")
+        why += [f"empty {name}" for name in TEXT_TABLES if utt in tables.get(name, {}) and not tables[name][utt]]
+        if why:
+            reasons[utt] = ", ".join(why)
+    return reasons
 
 
 def _read_lenient(path: Path) -> OrderedDict[str, str]:
     """Read a table keeping the first of duplicate keys and empty values (used by fix-data)."""
     table: OrderedDict[str, str] = OrderedDict()
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                key, _, value = line.rstrip("\n").partition(" ")
-                table.setdefault(key, value.strip())
+    for _, line, _ in iter_lines(path):
+        if line.strip():
+            key, value = split_fields(line)
+            table.setdefault(key, value)
     return table
 
 

@@ -15,7 +15,9 @@ task and ignores utt2lang; ``--ctc-weight`` adds its CTC prefix scores. Utteranc
 batches sorted by length (longest first), each batch as one search (greedy for beam 1, beam search
 otherwise; see :mod:`speechllm_cli.decode.search`). The output cap of an utterance is
 ``min(max_new_tokens, ceil(max_len_a * seconds + max_len_b))`` (``max_len_a = 0``: max_new_tokens),
-with seconds = frames * 0.01. Outputs are listed in :mod:`speechllm_cli.decode.decode_io`; decoding
+with seconds = frames * 0.01; for a speech-LLM it is lowered further so that prompt + audio + output fit the LLM's
+context (``max_position_embeddings``), with a warning naming the utterance. Outputs are listed in
+:mod:`speechllm_cli.decode.decode_io`; decoding
 resumes where it stopped, and a finished decode dir with the same options is left alone.
 ``--nj J`` splits the data dir by speaker and runs J jobs through run.pl/slurm.pl (``--cmd``).
 """
@@ -50,7 +52,9 @@ from speechllm_cli.decode.decode_io import (
     write_decode_dir,
 )
 from speechllm_cli.decode.llm_scorer import LLMScorer, PrefixBatch, eos_ids_for
-from speechllm_cli.decode.search import Scorer, max_new_tokens_for, search
+from speechllm_cli.decode.search import Scorer, cap_to_context, max_new_tokens_for, search
+from speechllm_cli.features.feats_reader import FeatsReader
+from speechllm_cli.models.llm import llm_context_length
 from speechllm_cli.utils.jobs import run_jobs
 
 logger = logging.getLogger(__name__)
@@ -99,6 +103,7 @@ class DecodeModel:
     to_text: Callable[[list[int]], str]  # output ids (end token left out) -> text
     needs_task: bool = False  # ``inputs`` needs the task (asr/st) of each utterance
     ctc_weight: float = 0.0  # the scorer's CTC prefix score weight (must equal DecodeOptions.ctc_weight)
+    context_length: int | None = None  # positions the LLM takes (prefix + output); None: no limit
 
 
 def _record_names() -> tuple[str, str]:
@@ -154,7 +159,7 @@ def speech_llm_decode_model(model) -> DecodeModel:
     model.eval()
     return DecodeModel(scorer=LLMScorer(model.hf_llm), inputs=lambda feats, tasks: speech_prefixes(model, feats, tasks),
                        eos_ids=sorted(set(eos_ids_for(model.tokenizer)) | {int(model.end_id)}),
-                       to_text=model.decode_target, needs_task=True)
+                       to_text=model.decode_target, needs_task=True, context_length=llm_context_length(model.hf_llm))
 
 
 def seq2seq_decode_model(model, tokenizer, ctc_weight: float = 0.0) -> DecodeModel:
@@ -190,7 +195,7 @@ def load_decode_model(model_dir: str | Path, device: str = "cpu", llm_path: str 
     return seq2seq_decode_model(*load_seq2seq(model_dir, device), ctc_weight=ctc_weight)
 
 
-def _num_frames(data: DataDir, feats_scp) -> dict[str, int]:
+def _num_frames(data: DataDir, feats_scp: FeatsReader) -> dict[str, int]:
     if "utt2num_frames" in data.tables:
         return {u: int(n) for u, n in data.tables["utt2num_frames"].items()}
     return {u: int(feats_scp[u].shape[0]) for u in data.utt_ids}
@@ -216,8 +221,6 @@ def decode_data_dir(model, data_dir: str | Path, out_dir: str | Path, options: D
                     batch_size: int = 8, command: str | None = None, model_dir: str | None = None) -> dict:
     """Decode every utterance of the dump dir ``data_dir`` with ``model`` (a DecodeModel, or a loaded SpeechLLM)
     into ``out_dir`` (resuming from a partial run). Returns the statistics written to stats.yaml."""
-    import kaldiio
-
     options.validate()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     data = DataDir.load(data_dir)
@@ -229,7 +232,7 @@ def decode_data_dir(model, data_dir: str | Path, out_dir: str | Path, options: D
         logger.info("%s already holds a decode of %s with these options and model; nothing to do", out_dir, data_dir)
         return yaml.safe_load((out_dir / "stats.yaml").read_text(encoding="utf-8"))
     record = {**identity, "command": command or shlex.join(sys.argv)}
-    feats_scp = kaldiio.load_scp(str(data_dir / "feats.scp"))
+    feats_scp = FeatsReader(data_dir / "feats.scp", entries=data.tables["feats.scp"])
     num_frames = _num_frames(data, feats_scp)
     partial = PartialOutput(out_dir, identity)
     todo = sorted((u for u in utts if u not in partial.done), key=lambda u: (-num_frames[u], u))
@@ -244,18 +247,13 @@ def decode_data_dir(model, data_dir: str | Path, out_dir: str | Path, options: D
         for start in range(0, len(todo), batch_size):
             batch_utts = todo[start:start + batch_size]
             begin = time.perf_counter()
-            feats = []
-            for utt in batch_utts:
-                try:
-                    mat = np.asarray(feats_scp[utt], dtype=np.float32)
-                except Exception as exc:
-                    raise DataDirError(f"{data_dir / 'feats.scp'}: cannot read the feats of '{utt}' ({exc}); "
-                                       "re-run the fbank stage for this set") from exc
-                feats.append(mat)
+            feats = [feats_scp[utt] for utt in batch_utts]  # FeatsReadError names utterance, ark, offset, fix
             seconds = [len(f) * FRAME_SHIFT for f in feats]
             caps = max_new_tokens_for(seconds, options.max_new_tokens, options.max_len_a, options.max_len_b)
             tasks = _tasks(data, batch_utts, options) if decoder.needs_task else None
             inputs = decoder.inputs(feats, tasks)
+            if isinstance(inputs, PrefixBatch):  # an LLM: prompt + audio + output must fit its context
+                caps = cap_to_context(caps, [len(e) for e in inputs.embeds], decoder.context_length, batch_utts, logger)
             stats["audio_positions"] += sum(getattr(inputs, "audio_lengths", None) or [])  # speech-LLM: LLM inputs
             nbest = search(decoder.scorer, inputs, caps, decoder.eos_ids, beam=options.beam,
                            nbest=max(options.nbest, 1), length_penalty=options.length_penalty,

@@ -285,3 +285,29 @@ def max_new_tokens_for(audio_seconds: Sequence[float], max_new_tokens: int, a: f
     if a <= 0:
         return [max_new_tokens] * len(audio_seconds)
     return [max(1, min(max_new_tokens, math.ceil(a * s + b))) for s in audio_seconds]
+
+
+def cap_to_context(max_new_tokens: Sequence[int], prefix_lengths: Sequence[int], context: int | None,
+                   utt_ids: Sequence[str], logger=None) -> list[int]:
+    """Output caps that keep prefix + output within ``context`` positions (the LLM's ``max_position_embeddings``):
+    ``min(cap, context - prefix)`` per utterance, with a warning naming each utterance whose cap shrinks.
+
+    ``context=None`` (a model without a position limit) leaves the caps alone. A prefix that leaves no room for
+    one output token is an error naming the utterance.
+    """
+    if context is None:
+        return list(max_new_tokens)
+    caps = []
+    for utt, cap, prefix in zip(utt_ids, max_new_tokens, prefix_lengths):
+        room = context - int(prefix)
+        if room < 1:
+            raise ValueError(f"utterance '{utt}': its prompt + audio take {prefix} positions, the LLM's context is "
+                             f"{context} (max_position_embeddings), so no output fits; drop it from the set (a "
+                             "lower --max-dur at data preparation) or use an LLM with a longer context")
+        if room < cap:
+            if logger is not None:
+                logger.warning("utterance '%s': prompt + audio take %d of the LLM's %d positions: output capped at "
+                               "%d tokens instead of %d", utt, prefix, context, room, cap)
+            cap = room
+        caps.append(cap)
+    return caps

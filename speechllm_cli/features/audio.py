@@ -28,6 +28,8 @@ import numpy as np
 import soundfile
 import soxr
 
+from speechllm_cli.data.kaldi_dir import iter_lines, split_fields
+
 TARGET_RATE = 16000
 MAX_SEGMENT_OVERSHOOT_S = 0.5  # a segment may end this far past its recording (Kaldi's extract-segments)
 
@@ -75,6 +77,9 @@ def read_entry(entry: str) -> tuple[np.ndarray, int]:
     if audio.shape[0] == 0:
         raise AudioError(f"{name} holds no samples")
     samples = audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1, dtype=np.float32)  # (T,)
+    if not np.isfinite(samples).all():
+        bad = int((~np.isfinite(samples)).sum())
+        raise AudioError(f"{name} holds {bad} NaN or infinite sample(s) (corrupt floating-point audio)")
     return np.ascontiguousarray(samples), int(rate)
 
 
@@ -108,15 +113,14 @@ def load_audio(entry: str, target_rate: int = TARGET_RATE, start: float = 0.0, e
 
 
 def _iter_table(path: Path) -> Iterator[tuple[str, str]]:
-    """Stream ``key value`` lines (no dict of the whole table)."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            key, _, value = line.strip().partition(" ")
-            if not key:
-                continue
-            if not value.strip():
-                raise AudioError(f"{path}:{lineno}: '{key}' has no value; fix the data dir")
-            yield key, value.strip()
+    """Stream ``key value`` lines (no dict of the whole table); space or tab end the key, as in Kaldi."""
+    for lineno, line, _ in iter_lines(path):
+        key, value = split_fields(line.strip())
+        if not key:
+            continue
+        if not value:
+            raise AudioError(f"{path}:{lineno}: '{key}' has no value; fix the data dir")
+        yield key, value
 
 
 def count_utterances(data_dir: str | os.PathLike) -> int:

@@ -22,6 +22,7 @@ import kaldiio
 import numpy as np
 from tqdm import tqdm
 
+from speechllm_cli.features.feats_reader import FeatsReader
 from speechllm_cli.utils.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -34,25 +35,36 @@ class CmvnError(ValueError):
 
 
 def compute_cmvn_stats(feats_scp: str | os.PathLike) -> np.ndarray:
-    """Kaldi CMVN stats (2, D + 1) float64 over every frame of ``feats_scp``, one matrix at a time."""
+    """Kaldi CMVN stats (2, D + 1) float64 over every frame of ``feats_scp``, one matrix at a time.
+
+    A matrix with NaN or infinite values is an error (CmvnError naming the utterances): its frames would
+    make every statistic NaN.
+    """
     feats_scp = Path(feats_scp)
     if not feats_scp.is_file():
         raise CmvnError(f"{feats_scp}: missing; run `speechllm fbank` on this set first")
-    with open(feats_scp, "rb") as f:
-        total = sum(1 for line in f if line.strip())
+    reader = FeatsReader(feats_scp)
     stats = None
-    for utt, feats in tqdm(kaldiio.load_scp_sequential(str(feats_scp)), total=total, unit="utt", desc="cmvn"):
-        feats = np.asarray(feats, dtype=np.float64)  # (T, D)
-        if feats.ndim != 2:
-            raise CmvnError(f"{feats_scp}: '{utt}' is not a (frames, dims) matrix (shape {feats.shape})")
+    non_finite: dict[str, int] = {}  # utt -> frames holding NaN/Inf
+    for utt, feats in tqdm(reader, total=len(reader), unit="utt", desc="cmvn"):
+        feats = feats.astype(np.float64)  # (T, D)
         if stats is None:
             stats = np.zeros((2, feats.shape[1] + 1), dtype=np.float64)
         elif feats.shape[1] != stats.shape[1] - 1:
             raise CmvnError(f"{feats_scp}: '{utt}' has {feats.shape[1]} dims, earlier ones {stats.shape[1] - 1}; "
                             "recompute the features of this set with one configuration")
+        bad_frames = ~np.isfinite(feats).all(axis=1)  # (T,)
+        if bad_frames.any():
+            non_finite[utt] = int(bad_frames.sum())
+            continue
         stats[0, :-1] += feats.sum(axis=0)
         stats[1, :-1] += np.einsum("td,td->d", feats, feats)
         stats[0, -1] += feats.shape[0]
+    if non_finite:
+        listed = ", ".join(f"{u} ({n} frame(s))" for u, n in list(non_finite.items())[:10])
+        raise CmvnError(f"{feats_scp}: {len(non_finite)} utterance(s) have NaN or infinite feature values: {listed}"
+                        f"{' ...' if len(non_finite) > 10 else ''}; no statistics written. Re-run `speechllm fbank` "
+                        "for this set (it skips such audio), or remove these utterances with `speechllm fix-data`")
     if stats is None or stats[0, -1] == 0:
         raise CmvnError(f"{feats_scp}: no frames; check that feature extraction produced output")
     return stats
@@ -85,6 +97,10 @@ def read_cmvn_stats(path: str | os.PathLike) -> np.ndarray:
     if stats.ndim != 2 or stats.shape[0] != 2 or stats[0, -1] <= 0:
         raise CmvnError(f"{path}: not Kaldi CMVN stats (a 2 x (D + 1) matrix with a positive count); "
                         "rerun `speechllm compute-cmvn` on the training dump dir")
+    if not np.isfinite(stats).all():
+        raise CmvnError(f"{path}: the statistics hold NaN or infinite values (features with NaN/Inf went into "
+                        "them); rerun `speechllm compute-cmvn` on the training dump dir, which now names such "
+                        "utterances")
     return stats
 
 

@@ -134,6 +134,11 @@ def job_summary_if_complete(out_prefix: str | os.PathLike, fingerprint: str) -> 
         return None
     if info.get("fingerprint") != fingerprint:
         return None
+    ark_bytes = paths["ark"].stat().st_size if paths["ark"].exists() else -1
+    if ark_bytes != info.get("ark_bytes", ark_bytes):
+        logger.warning("%s is %d bytes, the job wrote %d (truncated or overwritten): redoing the job", paths["ark"],
+                       ark_bytes, info["ark_bytes"])
+        return None
     return JobSummary(**info["summary"])
 
 
@@ -170,6 +175,8 @@ def compute_fbank_job(
             feats = extractor(item.samples) if item.error is None else None  # (T, D)
             if feats is not None and feats.shape[0] == 0:
                 item.error = f"too short for one frame ({item.samples.shape[0]} samples at {config.sample_rate} Hz)"
+            elif feats is not None and not np.isfinite(feats).all():  # never written: CMVN and training refuse them
+                item.error = f"{int((~np.isfinite(feats)).any(axis=1).sum())} frame(s) of NaN/Inf features"
             if item.error is not None:
                 logger.warning("skipping %s: %s", item.utt_id, item.error)
                 skipped.write(f"{item.utt_id} {item.error}\n")
@@ -186,8 +193,8 @@ def compute_fbank_job(
             summary.seconds += item.duration
         ark.flush()
         os.fsync(ark.fileno())
-    tmp["info"].write_text(json.dumps({"fingerprint": fingerprint, "summary": dataclasses.asdict(summary)}) + "\n",
-                           encoding="utf-8")
+    info = {"fingerprint": fingerprint, "summary": dataclasses.asdict(summary), "ark_bytes": tmp["ark"].stat().st_size}
+    tmp["info"].write_text(json.dumps(info) + "\n", encoding="utf-8")
     for name in JOB_FILES:
         os.replace(tmp[name], paths[name])
     logger.info("%s: %d utterances (%.1f s, %d frames), %d skipped", paths["scp"], summary.utterances,

@@ -20,12 +20,14 @@ import hashlib
 import importlib.util
 import logging
 import os
+import pickle
 import time
 from pathlib import Path
 
 import torch
 
 from speechllm_cli.utils.io import atomic_dir
+from speechllm_cli.utils.safe_load import unsafe_file_error
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +112,13 @@ def load_llm(
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except pickle.UnpicklingError as exc:  # a pickled weight file: our message, not torch's advice
+            pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+            raise unsafe_file_error(path / (pickled[0] if pickled else "pytorch_model.bin"), exc,
+                                    "Then remove the pickled file, so that transformers reads the safetensors one.",
+                                    convert_to=path / "model.safetensors") from None
     else:
         raise FileNotFoundError(f"LLM {path} is neither a Hugging Face model directory nor a .gguf file")
     model.requires_grad_(False)
@@ -118,6 +126,17 @@ def load_llm(
     model.to(device)
     logger.info("loaded LLM %s (%s) in %.1f s", path, model.config.model_type, time.perf_counter() - start)
     return model, prepare_tokenizer(tokenizer)
+
+
+def llm_context_length(model) -> int | None:
+    """Positions a causal LM takes, prompt and output together (its config's ``max_position_embeddings`` or the
+    like); None when its config states none. ``model`` is the LM or its config."""
+    config = getattr(model, "config", model)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def export_llm(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechllm_cli.models.audio_encoder import AudioEncoder, AudioEncoderConfig
+from speechllm_cli.models.audio_encoder import AudioEncoder, AudioEncoderConfig, init_label_table
 from speechllm_cli.models.llm import prepare_tokenizer
 from speechllm_cli.models.speech_llm_io import build_speech_llm, load_speech_llm, save_speech_llm
 from speechllm_cli.models.speech_llm_layout import IGNORE_INDEX, Prefix, as_llm_mask, prefix_lm_mask
@@ -101,7 +101,10 @@ class SpeechLLM(nn.Module):
     """Frozen compressor + trainable audio encoder + frozen LLM (+ trainable LoRA when ``lora.rank > 0``), or a
     trainable LLM when ``config.train_llm``."""
 
-    def __init__(self, config: SpeechLLMConfig, compressor: nn.Module, llm: nn.Module, tokenizer, adapter_dir=None):
+    def __init__(self, config: SpeechLLMConfig, compressor: nn.Module, llm: nn.Module, tokenizer, adapter_dir=None,
+                 ctc_pieces: list[str] | None = None):
+        """``ctc_pieces`` (the compressor's CTC vocabulary, in id order) initialise the audio encoder's label table
+        when ``encoder.label_embeddings`` is on; a loaded model gets the trained table from its weights instead."""
         super().__init__()
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -134,7 +137,10 @@ class SpeechLLM(nn.Module):
         self.llm_hash: str | None = None  # content hash of the LLM, set by build_speech_llm / load_speech_llm
         self.compressor_dir: str | None = None
         hf_config = self.hf_llm.config
-        self.encoder = AudioEncoder(config.encoder, _compressor_dim(compressor), hf_config.hidden_size)
+        num_labels = compressor.ctc_head.out_features if config.encoder.label_embeddings else 0
+        self.encoder = AudioEncoder(config.encoder, _compressor_dim(compressor), hf_config.hidden_size, num_labels)
+        if config.encoder.label_embeddings and ctc_pieces is not None:
+            init_label_table(self.encoder, ctc_pieces, self.tokenizer, self.hf_llm.get_input_embeddings().weight)
         self.pad_id = self.tokenizer.pad_token_id
         decoder_args = inspect.signature(self.hf_llm.get_decoder().forward).parameters
         self._cache_kwarg = "cache" if "cache" in decoder_args else "past_key_values"  # transformers >= 5.x: cache
@@ -227,8 +233,15 @@ class SpeechLLM(nn.Module):
             hidden, hidden_lens, logits = self.compressor(feats, feat_lens)  # (B, T', D), (B,), (B, T', V)
             labels = logits.argmax(-1)  # (B, T') greedy CTC labels
             mode, blank_id = self.config.compression, self.config.blank_id
-            compressed, audio_lens = compress(hidden, hidden_lens, labels, mode, blank_id)  # (B, A, D), (B,)
-        audio_embeds = self.encoder(compressed.float(), audio_lens)  # (B, A, H)
+            posteriors = None
+            if self.config.encoder.label_embeddings:  # compressed with the states: one mean posterior per vector
+                dim = hidden.shape[-1]
+                both = torch.cat([hidden.float(), logits.float().softmax(-1)], -1)  # (B, T', D + V)
+                both, audio_lens = compress(both, hidden_lens, labels, mode, blank_id)
+                compressed, posteriors = both[..., :dim], both[..., dim:]  # (B, A, D), (B, A, V)
+            else:
+                compressed, audio_lens = compress(hidden, hidden_lens, labels, mode, blank_id)  # (B, A, D), (B,)
+        audio_embeds = self.encoder(compressed.float(), audio_lens, posteriors)  # (B, A, H)
         return audio_embeds.to(self.hf_llm.dtype), audio_lens
 
     # ----- sequence layout -----
@@ -310,6 +323,11 @@ class SpeechLLM(nn.Module):
         Returns (loss, stats) with stats = {"loss", "acc" (token accuracy), "num_tokens", "num_utts"} as floats.
         """
         audio_embeds, audio_lens = self.encode_audio(feats, feat_lens)
+        return self.loss_given_audio(audio_embeds, audio_lens, prompt_ids, target_ids)
+
+    def loss_given_audio(self, audio_embeds, audio_lens, prompt_ids, target_ids) -> tuple[torch.Tensor, dict]:
+        """``forward`` after the audio side: the loss and stats of the given audio embeddings (B, A, H) and
+        lengths (B,) (lengths 0 leave the audio out; the diagnostics also pass other utterances' audio)."""
         inputs = self.build_inputs(audio_embeds, audio_lens, prompt_ids, target_ids)
         labels = inputs.pop("labels")
         hidden = self._hidden(inputs)  # (B, L, H)

@@ -41,11 +41,16 @@ logger = logging.getLogger(__name__)
 RECORD_NAME = "speech_llm.yaml"
 ENCODER_NAME = "audio_encoder.safetensors"
 ADAPTER_DIR = "adapter"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"  # PEFT's file name inside ADAPTER_DIR
 LLM_WEIGHTS_NAME = "llm.safetensors"
 
 
 class LLMMismatchError(RuntimeError):
     """The LLM found is not the one a speech-LLM was trained with."""
+
+
+class AdapterMismatchError(ValueError):
+    """A saved LoRA adapter does not fit the model its record describes (missing or unexpected weights)."""
 
 
 def resolve_llm_path(llm: str | os.PathLike | None) -> Path:
@@ -54,10 +59,11 @@ def resolve_llm_path(llm: str | os.PathLike | None) -> Path:
 
 
 def _load_compressor(compressor_dir, device):
+    """(compressor, its CTC pieces in id order)."""
     from speechllm_cli.train.ctc_task import load_ctc_compressor
 
-    compressor, _ = load_ctc_compressor(compressor_dir, device)  # (model, its CTC tokenizer)
-    return compressor
+    compressor, tokenizer = load_ctc_compressor(compressor_dir, device)
+    return compressor, list(tokenizer.tokens)
 
 
 def build_speech_llm(
@@ -65,9 +71,10 @@ def build_speech_llm(
     compressor_dir: str | os.PathLike | None,
     device: str = "cpu",
     compressor: nn.Module | None = None,
+    ctc_pieces: list[str] | None = None,
 ) -> SpeechLLM:
     """A fresh SpeechLLM: the LLM from ``config.llm``, the trained compressor from ``compressor_dir`` (or the
-    ``compressor`` module given), a new audio encoder and new LoRA weights."""
+    ``compressor`` module given, with its CTC vocabulary ``ctc_pieces``), a new audio encoder and new LoRA weights."""
     from speechllm_cli.models.speech_llm import SpeechLLM
 
     llm_path = resolve_llm_path(config.llm)
@@ -77,8 +84,8 @@ def build_speech_llm(
     if compressor is None:
         if compressor_dir is None:
             raise ValueError("build_speech_llm needs compressor_dir (a trained CTC compressor) or a compressor module")
-        compressor = _load_compressor(compressor_dir, device)
-    model = SpeechLLM(config, compressor, llm, tokenizer).to(device)
+        compressor, ctc_pieces = _load_compressor(compressor_dir, device)
+    model = SpeechLLM(config, compressor, llm, tokenizer, ctc_pieces=ctc_pieces).to(device)
     model.llm_hash = llm_content_hash(llm_path)
     model.compressor_dir = str(Path(compressor_dir).resolve()) if compressor_dir is not None else None
     return model
@@ -153,9 +160,11 @@ def load_speech_llm(
         compressor_dir = compressor_dir or record.get("compressor_dir")
         if not compressor_dir:
             raise ValueError(f"{model_dir / RECORD_NAME} records no compressor_dir; pass compressor_dir=...")
-        compressor = _load_compressor(compressor_dir, device)
+        compressor, _ = _load_compressor(compressor_dir, device)
     adapter = model_dir / ADAPTER_DIR if config.lora.rank > 0 else None
     model = SpeechLLM(config, compressor, llm_model, tokenizer, adapter_dir=adapter)
+    if adapter is not None:
+        check_adapter(model.llm, adapter, config.lora)
     model.encoder.load_state_dict(load_file(model_dir / ENCODER_NAME))
     if config.train_llm:
         _load_llm_weights(model.hf_llm, model_dir / LLM_WEIGHTS_NAME)
@@ -164,6 +173,37 @@ def load_speech_llm(
     if not trainable:
         model.requires_grad_(False)
     return model.to(device).train(trainable)
+
+
+def check_adapter(peft_llm: nn.Module, adapter_dir: Path, lora) -> None:
+    """The LoRA adapter in ``adapter_dir`` fits the model: its weight file holds exactly the LoRA weights the model
+    has (PEFT alone only warns and leaves a missing weight at its initial value, i.e. decodes without LoRA), with
+    the recorded rank and target modules (``lora``, the record's LoraSettings). AdapterMismatchError otherwise."""
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    weights = adapter_dir / ADAPTER_WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: the adapter of {adapter_dir.parent} is incomplete; copy the "
+                                "whole model dir again (or save it again from its experiment's checkpoints)")
+    with safe_open(str(weights), framework="pt") as f:
+        found = set(f.keys())
+    expected = set(get_peft_model_state_dict(peft_llm).keys())
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing or unexpected:
+        raise AdapterMismatchError(
+            f"{weights} does not fit the model recorded in {adapter_dir.parent / RECORD_NAME}: "
+            f"{len(missing)} LoRA weight(s) missing (first: {missing[:3]}), {len(unexpected)} unexpected (first: "
+            f"{unexpected[:3]}); decoding it would run without (part of) its LoRA. Use the adapter saved with this "
+            "speech_llm.yaml (the same model dir), or save the model again"
+        )
+    peft_config = next(iter(peft_llm.peft_config.values()))
+    if peft_config.r != lora.rank or set(peft_config.target_modules) != set(lora.target_modules):
+        raise AdapterMismatchError(
+            f"{adapter_dir / 'adapter_config.json'} has rank {peft_config.r} on {sorted(peft_config.target_modules)}, "
+            f"but {adapter_dir.parent / RECORD_NAME} records rank {lora.rank} on {sorted(lora.target_modules)}; "
+            "use the adapter saved with this speech_llm.yaml (the same model dir)"
+        )
 
 
 def _load_llm_weights(hf_llm: nn.Module, path: Path) -> None:

@@ -41,6 +41,17 @@ def read_pairs(ref_path: Path, hyp_path: Path) -> tuple[dict[str, str], dict[str
     return refs, hyps
 
 
+def unscored_hypotheses(refs: dict[str, str], hyps: dict[str, str], hyp_path: Path, ref_path: Path) -> dict:
+    """Hypothesis ids absent from the references (not scored): ``{"count", "first"}`` (first 10 ids), with a
+    warning that names them; ``count`` is 0 when every hypothesis has a reference."""
+    extra = [u for u in hyps if u not in refs]
+    if extra:
+        logger.warning("%s: %d hypothesis id(s) have no reference in %s and are not scored (first: %s); decode and "
+                       "score the same set, or check the utterance ids", hyp_path, len(extra), ref_path,
+                       ", ".join(extra[:10]))
+    return {"count": len(extra), "first": extra[:10]}
+
+
 def score_group(utts: list[str], refs: dict[str, str], hyps: dict[str, str], task: str) -> dict:
     ref = [refs[u] for u in utts]
     hyp = [hyps[u] for u in utts]
@@ -96,6 +107,10 @@ def format_report(result: dict) -> str:
     if st_groups:
         lines += ["", f"sacrebleu BLEU signature: {st_groups[0]['bleu_signature']}",
                   f"sacrebleu chrF signature: {st_groups[0]['chrf_signature']}"]
+    unscored = result.get("unscored_hyps", {"count": 0})
+    if unscored["count"]:
+        lines += ["", f"{unscored['count']} hypothesis id(s) absent from the reference, not scored "
+                      f"(first: {', '.join(unscored['first'])})"]
     lines += ["", "WER/CER on lc.rm text; BLEU/chrF on the texts as written (tc) and on lc.rm text."]
     return "\n".join(lines) + "\n"
 
@@ -107,6 +122,7 @@ def score_decode_dir(decode_dir: Path, ref: Path | None = None, hyp: Path | None
     ref = ref or decode_dir / "ref.txt"
     hyp = hyp or decode_dir / "hyp.txt"
     refs, hyps = read_pairs(ref, hyp)
+    unscored = unscored_hypotheses(refs, hyps, hyp, ref)
     lang_path = utt2lang or decode_dir / "utt2lang"
     langs = read_table(lang_path) if lang_path.exists() else {}
     utt2spk = read_table(decode_dir / "utt2spk") if (decode_dir / "utt2spk").exists() else {}
@@ -123,7 +139,7 @@ def score_decode_dir(decode_dir: Path, ref: Path | None = None, hyp: Path | None
             groups["all_asr"] = score_group(asr_utts, refs, hyps, "asr")
     for lang in sorted(by_lang):
         groups[lang] = score_group(by_lang[lang], refs, hyps, "asr" if lang in asr_langs else "st")
-    result = {"decode_dir": str(decode_dir), "groups": groups}
+    result = {"decode_dir": str(decode_dir), "groups": groups, "unscored_hyps": unscored}
     if asr_utts:
         write_trn(decode_dir / "ref.trn", refs, asr_utts, utt2spk)
         write_trn(decode_dir / "hyp.trn", hyps, asr_utts, utt2spk)

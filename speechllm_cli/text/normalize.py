@@ -1,13 +1,17 @@
 """Text normalisation conventions of ESPnet's speech translation recipes.
 
 - ``tc``: true case kept, punctuation normalised (typographic quotes, apostrophes, dashes,
-  ellipses and odd spaces mapped to plain ASCII forms; whitespace collapsed).
+  ellipses and odd spaces mapped to plain ASCII forms; whitespace collapsed; no space inside a pair
+  of quotes; no space before ``. , ; : ! ? ) ]``, except in French (``lang="fr"``), whose typography
+  puts a space before ``; : ! ?``: a space there is kept, as one plain space).
 - ``lc.rm``: lower-cased with punctuation removed (apostrophes inside words are kept).
 
 Example:
     >>> normalize("«Bonjour» – dit-il…", "tc")
     '"Bonjour" - dit-il...'
-    >>> normalize("Where is the cat? It's here.", "lc.rm")
+    >>> normalize("Où est la gare\u202f?", "tc", lang="fr")
+    'Où est la gare ?'
+    >>> normalize("Where is the cat? It’s here.", "lc.rm")
     "where is the cat it's here"
 """
 
@@ -17,6 +21,7 @@ import re
 import unicodedata
 
 NORMS = ("tc", "lc.rm")
+FRENCH_SPACING = ("fr",)  # languages that put a space before ; : ! ?
 
 _PUNCT_MAP = str.maketrans({
     "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u00ab": '"', "\u00bb": '"', "\u2033": '"',
@@ -25,15 +30,24 @@ _PUNCT_MAP = str.maketrans({
     "\u00a0": " ", "\u202f": " ", "\u2009": " ", "\u200b": "",
 })
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?)\]])")
-_QUOTE_INNER_SPACE = re.compile(r'"\s+(.*?)\s+"')
+_SPACE_BEFORE_CLOSING = re.compile(r"\s+([.,)\]])")  # French keeps its space before ; : ! ?
 
 
-def normalize_punctuation(text: str) -> str:
-    """The ``tc`` convention: unify punctuation forms and whitespace, keep case."""
+def _tidy_quotes(text: str) -> str:
+    """No space just inside a pair of ``"`` quotes (paired in order; an odd count is left alone)."""
+    parts = text.split('"')
+    if len(parts) % 2 == 0:
+        return text
+    parts[1::2] = [part.strip() for part in parts[1::2]]
+    return '"'.join(parts)
+
+
+def normalize_punctuation(text: str, lang: str | None = None) -> str:
+    """The ``tc`` convention: unify punctuation forms and whitespace, keep case (``lang``: the text's language)."""
     text = unicodedata.normalize("NFC", text).translate(_PUNCT_MAP).replace("\u2026", "...")
-    text = " ".join(text.split())
-    text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
-    return _QUOTE_INNER_SPACE.sub(r'"\1"', text)
+    text = _tidy_quotes(" ".join(text.split()))
+    spacing = _SPACE_BEFORE_CLOSING if lang in FRENCH_SPACING else _SPACE_BEFORE_PUNCT
+    return spacing.sub(r"\1", text)
 
 
 def lowercase_remove_punctuation(text: str) -> str:
@@ -50,10 +64,10 @@ def lowercase_remove_punctuation(text: str) -> str:
     return " ".join("".join(chars).split())
 
 
-def normalize(text: str, norm: str) -> str:
-    """Apply the named convention (``tc`` or ``lc.rm``)."""
+def normalize(text: str, norm: str, lang: str | None = None) -> str:
+    """Apply the named convention (``tc`` or ``lc.rm``) to ``text`` in language ``lang`` (a Common Voice code)."""
     if norm == "tc":
-        return normalize_punctuation(text)
+        return normalize_punctuation(text, lang)
     if norm == "lc.rm":
         return lowercase_remove_punctuation(text)
     raise ValueError(f"unknown text normalisation '{norm}'; choose one of {', '.join(NORMS)}")

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from speechllm_cli.utils.io import atomic_path
+from speechllm_cli.utils.safe_load import load_weights_only
 
 CHECKPOINT_RE = re.compile(r"^step(\d+)\.pt$")
 SNAPSHOT_RE = re.compile(r"^epoch(\d+)\.safetensors$")
@@ -71,11 +72,19 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A checkpoint written by ``save_checkpoint``, on CPU, without unpickling arbitrary objects."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt or foreign file: say which and what to do
-        raise RuntimeError(f"{path}: cannot load checkpoint ({exc}); delete it to resume from an older one") from exc
+    """A checkpoint written by ``save_checkpoint``, on CPU, without unpickling arbitrary objects.
+
+    A file holding pickled objects raises UnsafeCheckpointError, an unreadable one CorruptCheckpointError (both
+    ValueErrors whose message names the file and what to do; no traceback of torch's)."""
+    return load_weights_only(path, what_else="Training cannot resume from it: delete it to resume from the "
+                                             "checkpoint before it, or start over.")
+
+
+def resume_marker(path: str | os.PathLike, step: int, epoch: int, batch_pos: int) -> str:
+    """The train.log line that marks where a resumed run takes over: what the stopped run logged after ``step``
+    was redone by this run, so the lines after this one replace those."""
+    return (f"===== resumed from {path}: step {step}, epoch {epoch}, batch {batch_pos} ===== lines below replace "
+            f"what the stopped run logged after step {step}")
 
 
 def _numbered(folder: Path, pattern: re.Pattern) -> list[tuple[int, Path]]:

@@ -28,10 +28,10 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import kaldiio
 import numpy as np
 
 from speechllm_cli.data.kaldi_dir import read_table
+from speechllm_cli.features.feats_reader import FeatsReader
 
 logger = logging.getLogger(__name__)
 
@@ -126,14 +126,19 @@ class DumpDataset:
     def __getitem__(self, index: int) -> dict:
         item = self.meta(index)
         if self._reader is None:
-            self._reader = kaldiio.load_scp(str(self.dump_dir / "feats.scp"))
-        try:
-            feats = self._reader[item["utt_id"]]
-        except (OSError, ValueError, KeyError) as exc:
-            raise DumpDirError(f"{self.dump_dir / 'feats.scp'}: cannot read features of '{item['utt_id']}' "
-                               f"({self.feats_scp[item['utt_id']]}): {exc}; rerun stage 2") from exc
+            self._reader = FeatsReader(self.dump_dir / "feats.scp", entries=self.feats_scp)
+        feats = self._reader[item["utt_id"]]  # FeatsReadError names the utterance, ark, offset and fix
         item["feats"] = np.array(feats, dtype=np.float32)  # (T, D), a writable copy (torch.from_numpy-safe)
         return item
+
+    def exclude(self, utt_ids: set[str] | list[str]) -> None:
+        """Drop the examples ``utt_ids`` (e.g. sequences longer than a model's context) from this dataset."""
+        drop = set(utt_ids)
+        kept = [i for i, utt in enumerate(self.utt_ids) if utt not in drop]
+        self.utt_ids = [self.utt_ids[i] for i in kept]
+        self.num_frames = [self.num_frames[i] for i in kept]
+        if not self.utt_ids:
+            raise DumpDirError(f"{self.dump_dir}: no example is left after dropping {len(drop)}; see the log")
 
 
 def make_batches(

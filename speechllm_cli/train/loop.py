@@ -285,7 +285,7 @@ class Trainer:
             with torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
                 add_stats(total, self.task.validate_batch(model, to_device(batch, self.env.device)))
         model.train()
-        return means(all_reduce_sums(total, self.env))
+        return self.task.derived_metrics(means(all_reduce_sums(total, self.env)))
 
     def end_epoch(self) -> None:
         """Validate, record the epoch, keep its trainable state, draw the curves, checkpoint."""
@@ -351,7 +351,7 @@ class Trainer:
         else:
             logger.warning("checkpoint from %d process(es), now %d: batches and dropout will differ from an "
                            "uninterrupted run", state["world_size"], self.env.world_size)
-        logger.info("resumed from %s: epoch %d, batch %d, step %d", path, self.epoch, self.batch_pos, self.step)
+        logger.info("%s", ckpt.resume_marker(path, self.step, self.epoch, self.batch_pos))
 
     # ------------------------------------------------------------------ final models
     def finish(self) -> Path:

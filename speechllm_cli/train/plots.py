@@ -1,4 +1,5 @@
 """Training curves: one PNG per metric (train and valid against epoch), drawn with matplotlib's Agg canvas.
+A metric ``<m>_<variant>`` (``loss_rolled``, ``acc_noaudio``) is drawn dashed on ``<m>.png`` beside ``<m>``.
 
 Example:
     >>> history = [{"epoch": 1, "train": {"loss": 3.0}, "valid": {"loss": 2.9, "cer": 80.0}},
@@ -22,15 +23,19 @@ def plot_history(history: list[dict], out_dir: str | os.PathLike) -> list[Path]:
     """``<out_dir>/<metric>.png`` for every metric of ``history`` (entries: epoch, train {...}, valid {...})."""
     out_dir = Path(out_dir)
     metrics = sorted({m for entry in history for split in ("train", "valid") for m in entry.get(split, {})})
+    variants = {m: [v for v in metrics if v.startswith(m + "_")] for m in metrics}  # loss -> loss_rolled, ...
+    drawn_with_base = {v for vs in variants.values() for v in vs}
     written = []
-    for metric in metrics:
+    for metric in (m for m in metrics if m not in drawn_with_base):
         fig = Figure(figsize=(5, 3.5))
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
         for split in ("train", "valid"):
-            points = [(e["epoch"], e[split][metric]) for e in history if metric in e.get(split, {})]
-            if points:
-                ax.plot(*zip(*points), marker="o", label=split)
+            for name in (metric, *variants[metric]):
+                points = [(e["epoch"], e[split][name]) for e in history if name in e.get(split, {})]
+                if points:
+                    label = split + name[len(metric):].replace("_", " ")
+                    ax.plot(*zip(*points), marker="o", linestyle="-" if name == metric else "--", label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

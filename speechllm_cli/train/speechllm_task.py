@@ -34,6 +34,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from speechllm_cli.diagnose.audio_use import audio_dependence, derived_metrics
 from speechllm_cli.models.speech_llm import SpeechLLMConfig, build_speech_llm, save_speech_llm
 from speechllm_cli.models.speech_llm_io import LLMMismatchError
 from speechllm_cli.train.config import (
@@ -43,6 +44,7 @@ from speechllm_cli.train.config import (
     load_dataclass,
     read_yaml,
 )
+from speechllm_cli.train.context_limit import drop_over_context
 from speechllm_cli.train.dataset import DumpDataset
 from speechllm_cli.train.entry import training_main
 from speechllm_cli.train.task import Stats, Task, unwrap
@@ -67,6 +69,8 @@ class SpeechLLMExperiment:
 class SpeechLLMTask(Task):
     """Batches of fbank + prompt ids + target ids; loss = SpeechLLM's target-only cross-entropy."""
 
+    datasets: tuple = ()  # the train/valid DumpDatasets; build_model drops their examples over the LLM's context
+
     def __init__(self, config: SpeechLLMExperiment):
         self.config = config
         self.model_type = config.model_type  # model_info.json's model_type
@@ -77,6 +81,8 @@ class SpeechLLMTask(Task):
         model = build_speech_llm(self.config.model, self.config.compressor_dir)
         self.prompt_ids = {task: model.prompt_ids(task) for task in model.config.prompts}
         self.tokenizer = model.tokenizer
+        drop_over_context(model, self.datasets, lambda e: self.prompt_ids[self.task_of(e)],
+                          TARGET_FIELDS[self.config.target])  # examples longer than the LLM's context: skipped
         return model
 
     def collate(self, examples: list[dict]) -> dict:
@@ -111,6 +117,14 @@ class SpeechLLMTask(Task):
         loss, s = model(batch["feats"], batch["feat_lens"], batch["prompt_ids"], batch["target_ids"])
         num_utts, num_tokens = s["num_utts"], s["num_tokens"]
         return loss, {"loss": (s["loss"] * num_utts, num_utts), "acc": (s["acc"] * num_tokens, num_tokens)}
+
+    def validate_batch(self, model: nn.Module, batch: dict) -> Stats:
+        """Loss and accuracy with the true audio, another utterance's (rolled) and none, and the audio embeddings'
+        norm and cross-utterance cosine: a model that stops listening shows here first."""
+        return audio_dependence(model, batch["feats"], batch["feat_lens"], batch["prompt_ids"], batch["target_ids"])
+
+    def derived_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        return derived_metrics(metrics)  # + audio_gap = 1 - loss / loss_rolled
 
     def trainable_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return unwrap(model).trainable_state_dict()
@@ -158,7 +172,9 @@ def train_speechllm(
     require = (exp.target, "utt2lang") if exp.task == "auto" else (exp.target,)
     train_set = DumpDataset(train_dir, require=require)
     valid_set = DumpDataset(valid_dir, require=require) if valid_dir else None
-    return Trainer(SpeechLLMTask(exp), train_set, valid_set, exp.train, out_dir, resolved_config=exp).run(resume)
+    task = SpeechLLMTask(exp)
+    task.datasets = (train_set, valid_set)
+    return Trainer(task, train_set, valid_set, exp.train, out_dir, resolved_config=exp).run(resume)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,7 @@ is model-specific, in six plain methods (three with defaults):
                                           reference texts); the loop moves tensors to the device
 ``compute_loss(model, batch)``            -> ``(loss, stats)``; see "Loss and stats" below
 ``validate_batch(model, batch)``          -> stats; default: compute_loss's stats under no_grad
+``derived_metrics(metrics)``              validation means + metrics computed from them (default: as is)
 ``trainable_state_dict(model)``           what checkpoints and the final model hold (default:
                                           trainable parameters + buffers outside frozen modules)
 ``load_trainable_state_dict(model, st)``  the reverse (default: strict on the saved keys)
@@ -102,6 +103,10 @@ class Task:
 
     def validate_batch(self, model: nn.Module, batch: dict) -> Stats:
         return self.compute_loss(model, batch)[1]
+
+    def derived_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Validation metrics (means over the set) plus any computed from them (e.g. a ratio of two)."""
+        return metrics
 
     def trainable_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return default_trainable_state_dict(model)

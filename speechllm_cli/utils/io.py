@@ -1,4 +1,8 @@
-"""Atomic output: write to a temporary file (or folder) beside the target, then rename."""
+"""Atomic output: write to a temporary file (or folder) beside the target, then rename.
+
+The temporary file or folder gets the mode a plain ``open()`` / ``mkdir`` would give (0666 / 0777 less the
+process umask), not ``tempfile``'s private 0600 / 0700, so a group that shares an experiment can read it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process umask (read from /proc where it is, so no other thread ever sees it changed)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success.
@@ -19,6 +37,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it 0600
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -63,7 +82,7 @@ def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        tmp_dir.chmod(0o755)
+        tmp_dir.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700
         yield tmp_dir
         replace_dir(tmp_dir, out_dir)
     except BaseException:
