@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,10 +103,25 @@ def test_results_table(tmp_path):
         "model_type": "speech_llm", "params_trained": 1_500_000, "params_total": 136_000_000,
         "train_time_s": 600, "command": "speechllm train --config conf/train_speechllm.yaml"}))
     (d / "decode.yaml").write_text("command: speechllm decode --model exp/speechllm --data dump/test\n")
+    (d.parent / "history.json").write_text(json.dumps({  # the best epoch's audio gap goes in the summary
+        "history": [{"epoch": 1, "valid": {"audio_gap": 0.1}}, {"epoch": 2, "valid": {"audio_gap": 0.42}}],
+        "best": {"epoch": 2}}))
     table = write_results(tmp_path / "exp").read_text()
     assert "| speechllm | speech_llm | test | de | 2 |" in table
     assert "1.50M / 136.00M | 10.0 min |" in table
+    assert table.splitlines()[4].endswith("| 100% | 0.42 |")  # summary row: distinct hyps, audio gap
     assert "decode: `speechllm decode --model exp/speechllm --data dump/test`" in table
+
+
+def test_distinct_hypotheses_per_language(tmp_path):
+    rows = [("s1-de1", "de", "A cat.", "The dog sleeps."), ("s1-de2", "de", "A dog.", "The dog sleeps."),
+            ("s1-de3", "de", "A cow.", "A cow."), ("s3-en1", "en", "The dog runs home.", "the dog run home")]
+    result = score_decode_dir(write_decode_dir(tmp_path / "decode_test", rows))
+    assert (result["groups"]["de"]["distinct_hyps"], result["groups"]["de"]["distinct_refs"]) == (2, 3)
+    assert "2/3" in (tmp_path / "decode_test" / "result.txt").read_text()
+    exp = tmp_path / "exp" / "m"
+    shutil.copytree(tmp_path / "decode_test", exp / "decode_test")
+    assert "| 67% |" in write_results(tmp_path / "exp").read_text()  # the lowest share over languages
 
 
 def test_results_table_labels_rescored_decodes(tmp_path):

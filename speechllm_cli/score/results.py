@@ -52,6 +52,7 @@ def collect_rows(exp_dir: Path) -> list[dict]:
                 params_total += rescore["llm_params"]
         command = (rescore or _read_yaml(decode_dir / "decode.yaml")).get("command", "")
         positions_per_second = _read_yaml(decode_dir / "stats.yaml").get("audio_positions_per_second")
+        audio_gap = _best_epoch_valid(model_dir).get("audio_gap")
         for group, r in result["groups"].items():
             rows.append({
                 "model": model_name, "model_type": info.get("model_type", ""),
@@ -61,17 +62,39 @@ def collect_rows(exp_dir: Path) -> list[dict]:
                 "params_trained": info.get("params_trained"), "params_total": params_total,
                 "train_time_s": info.get("train_time_s"), "train_command": info.get("command", ""),
                 "decode_command": command, "audio_positions_per_second": positions_per_second,
+                "distinct_hyps": r.get("distinct_hyps"), "distinct_refs": r.get("distinct_refs"),
+                "audio_gap": audio_gap,
             })
     return rows
 
 
+def _best_epoch_valid(model_dir: Path) -> dict:
+    """Validation metrics of the best epoch in ``model_dir/history.json`` (training writes it); {} without one."""
+    path = model_dir / "history.json"
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    by_epoch = {e["epoch"]: e.get("valid", {}) for e in saved.get("history", [])}
+    return by_epoch.get((saved.get("best") or {}).get("epoch"), {})
+
+
+def _distinct_share(by_lang: dict[str, dict]) -> str:
+    """The lowest share, over languages, of distinct hypotheses to distinct references (in %)."""
+    shares = [r["distinct_hyps"] / r["distinct_refs"] for lang, r in by_lang.items()
+              if not lang.startswith("all_") and r.get("distinct_refs")]
+    return f"{100 * min(shares):.0f}%" if shares else ""
+
+
 def format_summary(rows: list[dict]) -> list[str]:
     """One line per (model, set): BLEU (tc) per ST language and their mean, WER per ASR language, sizes, time,
-    and the LLM input positions per second of audio (speech-LLMs)."""
+    the LLM input positions per second of audio (speech-LLMs), and whether the model listens: the lowest share of
+    distinct hypotheses to distinct references over languages, and the dev audio gap (1 - loss with the true audio
+    / loss with another utterance's) of the epoch kept."""
     st_langs = sorted({r["lang"] for r in rows if r["task"] == "st" and not r["lang"].startswith("all_")})
     asr_langs = sorted({r["lang"] for r in rows if r["task"] == "asr" and not r["lang"].startswith("all_")})
     header = (["model", "set"] + [f"{lang} BLEU" for lang in st_langs] + ["mean BLEU"]
-              + [f"{lang} WER" for lang in asr_langs] + ["trained / total params", "train time", "LLM inputs / s"])
+              + [f"{lang} WER" for lang in asr_langs] + ["trained / total params", "train time", "LLM inputs / s",
+                                                          "distinct hyps", "audio gap"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     systems: dict[tuple[str, str], dict[str, dict]] = {}
     for r in rows:
@@ -84,7 +107,8 @@ def format_summary(rows: list[dict]) -> list[str]:
         cells = ([model, dset] + [_cell(b) for b in bleus] + [_cell(sum(known) / len(known) if known else None)]
                  + [_cell(w) for w in wers]
                  + [f"{_millions(first['params_trained'])} / {_millions(first['params_total'])}",
-                    _minutes(first["train_time_s"]), _cell(first["audio_positions_per_second"])])
+                    _minutes(first["train_time_s"]), _cell(first["audio_positions_per_second"]),
+                    _distinct_share(by_lang), _cell(first["audio_gap"])])
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -57,7 +57,8 @@ def score_group(utts: list[str], refs: dict[str, str], hyps: dict[str, str], tas
     hyp = [hyps[u] for u in utts]
     ref_lc = [lowercase_remove_punctuation(t) for t in ref]
     hyp_lc = [lowercase_remove_punctuation(t) for t in hyp]
-    result: dict = {"task": task, "num_utts": len(utts)}
+    # a model that ignores its audio writes a few fluent sentences for many inputs: distinct hyps << distinct refs
+    result: dict = {"task": task, "num_utts": len(utts), "distinct_hyps": len(set(hyp)), "distinct_refs": len(set(ref))}
     if task == "asr":
         w, c = wer(ref_lc, hyp_lc), cer(ref_lc, hyp_lc)
         result.update(wer=w.rate, cer=c.rate, wer_sub=w.sub, wer_del=w.dele, wer_ins=w.ins, ref_words=w.ref_len)
@@ -95,14 +96,15 @@ def run_sclite(decode_dir: Path) -> Path | None:
 def format_report(result: dict) -> str:
     lines = [f"# {result['decode_dir']}", ""]
     lines.append(f"{'set':<10} {'task':<5} {'#utt':>6} {'BLEU':>7} {'BLEU lc.rm':>11} {'chrF':>7} "
-                 f"{'WER':>7} {'CER':>7}")
+                 f"{'WER':>7} {'CER':>7} {'distinct hyp/ref':>17}")
     for name, r in result["groups"].items():
+        distinct = f"{r['distinct_hyps']}/{r['distinct_refs']}"
         if r["task"] == "asr":
             lines.append(f"{name:<10} {'asr':<5} {r['num_utts']:>6} {'':>7} {'':>11} {'':>7} "
-                         f"{r['wer']:>7.2f} {r['cer']:>7.2f}")
+                         f"{r['wer']:>7.2f} {r['cer']:>7.2f} {distinct:>17}")
         else:
             lines.append(f"{name:<10} {'st':<5} {r['num_utts']:>6} {r['bleu']:>7.2f} {r['bleu_lc_rm']:>11.2f} "
-                         f"{r['chrf']:>7.2f} {'':>7} {'':>7}")
+                         f"{r['chrf']:>7.2f} {'':>7} {'':>7} {distinct:>17}")
     st_groups = [r for r in result["groups"].values() if r["task"] == "st"]
     if st_groups:
         lines += ["", f"sacrebleu BLEU signature: {st_groups[0]['bleu_signature']}",
