@@ -45,7 +45,7 @@ def peak_rss_mib() -> float:
 
 def make_compressor(ctc_model_dir: str | None, device: str):
     if ctc_model_dir:
-        from speechllm_cli.train.ctc_task import load_ctc_compressor
+        from speechllm_cli.models.ctc_compressor_io import load_ctc_compressor
 
         compressor, _ = load_ctc_compressor(ctc_model_dir, device)
         return compressor, True

@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechllm_cli.train.config import load_dataclass, read_yaml
 from speechllm_cli.train.ctc_task import CTCExperimentConfig, CTCTask
 from speechllm_cli.train.dataset import BucketBatchSampler, padding_fraction
 from speechllm_cli.train.distributed import DistEnv
 from speechllm_cli.train.loop import forward_backward
 from speechllm_cli.train.optim import build_optimizer
+from speechllm_cli.utils.config import load_dataclass, read_yaml
 
 RECIPE = Path(__file__).resolve().parent.parent / "egs" / "covost2" / "conf"
 

@@ -349,7 +349,7 @@ def train_cmd(
     `model_type: decoder_only` the same with every LLM weight trained (an LLM from init-llm: from scratch); with
     `model_type: seq2seq` the encoder-decoder baseline from scratch."""
     from speechllm_cli.train import seq2seq_task, speechllm_task
-    from speechllm_cli.train.config import ConfigError, read_yaml
+    from speechllm_cli.utils.config import ConfigError, read_yaml
 
     try:
         model_type = read_yaml(config).get("model_type", "speech_llm")

@@ -184,8 +184,8 @@ def save_random_ctc_dir(ctc_dir: Path, corpus: dict[str, Path], seed: int = 0) -
     from speechllm_cli.features.cmvn import read_cmvn_stats
     from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConfig
     from speechllm_cli.text.tokenizer import Tokenizer
-    from speechllm_cli.train.config import dump_config
     from speechllm_cli.train.ctc_task import CTCExperimentConfig
+    from speechllm_cli.utils.config import dump_config
 
     tokenizer = Tokenizer.load(corpus["tokenizer"])
     model_config = CTCCompressorConfig(**TINY_MODEL, vocab_size=tokenizer.vocab_size)

@@ -14,9 +14,9 @@ from _speech_llm_fixtures import feats_batch, make_model, save_tiny_llm, tiny_co
 from _train_fixtures import build_corpus, save_random_ctc_dir
 
 from speechllm_cli.models.subsampling import subsampled_lengths
-from speechllm_cli.train.config import ConfigError, read_yaml, to_plain
 from speechllm_cli.train.dataset import DumpDataset
 from speechllm_cli.train.speechllm_task import SpeechLLMTask, load_experiment
+from speechllm_cli.utils.config import ConfigError, read_yaml, to_plain
 
 CONF = Path(__file__).resolve().parents[1] / "egs" / "covost2" / "conf"
 ABLATIONS = sorted((CONF / "tuning").glob("ablation_*.yaml"))

@@ -12,14 +12,14 @@ import yaml
 from _speech_llm_fixtures import feats_batch, make_model, save_tiny_llm, tiny_compressor
 from _train_fixtures import build_corpus, save_random_ctc_dir
 
-from speechllm_cli.diagnose.audio_use import (
+from speechllm_cli.models.audio_encoder import AudioEncoder, AudioEncoderConfig, init_label_table
+from speechllm_cli.models.audio_use import (
     audio_dependence,
     mean_pairwise_cosine,
     relative_gap,
     shared_energy,
     utterance_means,
 )
-from speechllm_cli.models.audio_encoder import AudioEncoder, AudioEncoderConfig, init_label_table
 from speechllm_cli.train.dataset import DumpDataset
 from speechllm_cli.train.speechllm_task import SpeechLLMTask, load_experiment, train_speechllm
 
@@ -126,7 +126,7 @@ def test_overfitting_a_few_utterances_needs_their_audio(corpus, tmp_path, label_
 
     task = SpeechLLMTask(load_experiment(config_path))  # the same figures from the saved model, batch by batch
     task.build_model()
-    from speechllm_cli.models.speech_llm import load_speech_llm
+    from speechllm_cli.models.speech_llm_io import load_speech_llm
 
     model = load_speech_llm(out / "model")
     train = DumpDataset(train_dir)

@@ -164,10 +164,11 @@ def saved_model_dir(tmp_path_factory, feats):
 
     from speechllm_cli.models.audio_encoder import AudioEncoderConfig
     from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConfig
-    from speechllm_cli.models.speech_llm import SpeechLLMConfig, build_speech_llm, save_speech_llm
+    from speechllm_cli.models.speech_llm import SpeechLLMConfig
+    from speechllm_cli.models.speech_llm_io import build_speech_llm, save_speech_llm
     from speechllm_cli.text.tokenizer import Tokenizer, train_tokenizer
-    from speechllm_cli.train.config import dump_config
     from speechllm_cli.train.ctc_task import CTCExperimentConfig
+    from speechllm_cli.utils.config import dump_config
 
     root = tmp_path_factory.mktemp("saved")
     (root / "text").write_text("".join(f"{u} {t}\n" for u, (_, t) in UTTS.items()), encoding="utf-8")

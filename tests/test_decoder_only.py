@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 
 from speechllm_cli.cli import app
 from speechllm_cli.models.llm import load_llm
-from speechllm_cli.models.speech_llm import LoraSettings, SpeechLLMConfig, load_speech_llm, save_speech_llm
+from speechllm_cli.models.speech_llm import LoraSettings, SpeechLLMConfig
+from speechllm_cli.models.speech_llm_io import load_speech_llm, save_speech_llm
 from speechllm_cli.text.tokenizer import Tokenizer, train_tokenizer
-from speechllm_cli.train.config import ConfigError
 from speechllm_cli.train.speechllm_task import load_experiment, train_speechllm
+from speechllm_cli.utils.config import ConfigError
 
 TINY_LLAMA = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
               "num_key_value_heads": 2, "max_position_embeddings": 512, "tie_word_embeddings": True,

@@ -19,8 +19,8 @@ from speech_synth import requires_espeak
 
 from speechllm_cli.decode.decode import DecodeOptions, decode_data_dir, speech_prefixes
 from speechllm_cli.decode.decode_io import read_nbest
-from speechllm_cli.models.speech_llm import LoraSettings, load_speech_llm, save_speech_llm
-from speechllm_cli.models.speech_llm_io import AdapterMismatchError
+from speechllm_cli.models.speech_llm import LoraSettings
+from speechllm_cli.models.speech_llm_io import AdapterMismatchError, load_speech_llm, save_speech_llm
 from speechllm_cli.train.checkpoint import load_checkpoint
 from speechllm_cli.train.context_limit import drop_over_context, sequence_bounds
 from speechllm_cli.train.dataset import DumpDataset

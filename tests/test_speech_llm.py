@@ -10,15 +10,8 @@ from _speech_llm_fixtures import TARGETS, feats_batch, make_model, save_tiny_llm
 from speech_synth import requires_espeak
 
 from speechllm_cli.models.llm import find_embedded_gguf, llm_content_hash, load_llm
-from speechllm_cli.models.speech_llm import (
-    IGNORE_INDEX,
-    LoraSettings,
-    SpeechLLMConfig,
-    load_speech_llm,
-    prefix_lm_mask,
-    save_speech_llm,
-)
-from speechllm_cli.models.speech_llm_io import LLMMismatchError
+from speechllm_cli.models.speech_llm import IGNORE_INDEX, LoraSettings, SpeechLLMConfig, prefix_lm_mask
+from speechllm_cli.models.speech_llm_io import LLMMismatchError, load_speech_llm, save_speech_llm
 
 pytestmark = requires_espeak
 

@@ -11,10 +11,10 @@ import yaml
 from _speech_llm_fixtures import save_tiny_llm
 from _train_fixtures import build_corpus, save_random_ctc_dir
 
-from speechllm_cli.models.speech_llm import load_speech_llm
-from speechllm_cli.train.config import ConfigError
+from speechllm_cli.models.speech_llm_io import load_speech_llm
 from speechllm_cli.train.dataset import DumpDataset
 from speechllm_cli.train.speechllm_task import SpeechLLMTask, load_experiment, train_speechllm
+from speechllm_cli.utils.config import ConfigError
 
 
 @pytest.fixture(scope="module")

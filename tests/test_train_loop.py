@@ -16,8 +16,9 @@ import torch
 from _train_fixtures import build_corpus, train_in_subprocess, write_config
 from safetensors.torch import load_file
 
-from speechllm_cli.train.config import ConfigError, TrainConfig, load_dataclass
+from speechllm_cli.train.config import TrainConfig
 from speechllm_cli.train.dataset import BucketBatchSampler, DumpDataset, DumpDirError, padding_fraction
+from speechllm_cli.utils.config import ConfigError, load_dataclass
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def trained(corpus, tmp_path_factory):
 
 
 def test_ctc_training_loss_falls_and_model_reloads(corpus, trained):
-    from speechllm_cli.train.ctc_task import load_ctc_compressor
+    from speechllm_cli.models.ctc_compressor_io import load_ctc_compressor
     from speechllm_cli.train.dataset import DumpDataset
 
     _, out = trained

@@ -181,7 +181,7 @@ def load_decode_model(model_dir: str | Path, device: str = "cpu", llm_path: str 
     model_dir = Path(model_dir)
     speech_llm_record, model_record = _record_names()
     if (model_dir / speech_llm_record).is_file():
-        from speechllm_cli.models.speech_llm import load_speech_llm
+        from speechllm_cli.models.speech_llm_io import load_speech_llm
 
         if ctc_weight > 0:
             raise ValueError(f"--ctc-weight is for seq2seq models; {model_dir} is a speech-LLM (it has no CTC head)")

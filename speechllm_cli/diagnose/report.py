@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from speechllm_cli.data.kaldi_dir import read_table
-from speechllm_cli.diagnose.audio_use import (
+from speechllm_cli.models.audio_use import (
     audio_dependence,
     derived_metrics,
     embedding_stats,
@@ -61,8 +61,7 @@ def diagnose(model: str | os.PathLike, data: str | os.PathLike, decode_dir: str 
              batch_size: int = 16, device: str = "cpu", llm_path: str | os.PathLike | None = None) -> dict:
     """The audio-use report of the speech LLM in ``model`` (an experiment or model dir) on the dump dir ``data``."""
     from speechllm_cli.decode.decode import resolve_model_dir
-    from speechllm_cli.models.speech_llm import load_speech_llm
-    from speechllm_cli.models.speech_llm_io import read_record
+    from speechllm_cli.models.speech_llm_io import load_speech_llm, read_record
     from speechllm_cli.train.dataset import DumpDataset
     from speechllm_cli.train.speechllm_task import TARGET_FIELDS
 

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from speechllm_cli.models.seq2seq import Seq2SeqConfig, Seq2SeqModel
 from speechllm_cli.text.tokenizer import MODEL_NAME, TOKENS_NAME, Tokenizer
-from speechllm_cli.train.config import dump_config, load_dataclass, read_yaml
+from speechllm_cli.utils.config import dump_config, load_dataclass, read_yaml
 from speechllm_cli.utils.io import atomic_dir
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,8 @@
 
 Example (see tests/_speech_llm_fixtures.py for a tiny LLaMA and compressor)::
 
-    from speechllm_cli.models.speech_llm import SpeechLLMConfig, build_speech_llm, load_speech_llm, save_speech_llm
+    from speechllm_cli.models.speech_llm import SpeechLLMConfig
+    from speechllm_cli.models.speech_llm_io import build_speech_llm, load_speech_llm, save_speech_llm
 
     config = SpeechLLMConfig(llm="/tmp/smollm2_hf", compression="frame_average")
     model = build_speech_llm(config, compressor_dir="exp/ctc_compressor", device="cpu")
@@ -28,7 +29,7 @@ given to the LLM; sdpa or eager attention); ``"causal"`` keeps the LLM's own cau
 scratch (an LLM made by ``speechllm init-llm``, see scratch_llm.py), or a full fine-tune; its checkpoints and saved
 model then hold the LLM weights too.
 Saving, loading and the LLM hash check live in speech_llm_io.py, the masks and the decoding prefix in
-speech_llm_layout.py (both re-exported here).
+speech_llm_layout.py (re-exported here).
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ from torch import nn
 
 from speechllm_cli.models.audio_encoder import AudioEncoder, AudioEncoderConfig, init_label_table
 from speechllm_cli.models.llm import prepare_tokenizer
-from speechllm_cli.models.speech_llm_io import build_speech_llm, load_speech_llm, save_speech_llm
 from speechllm_cli.models.speech_llm_layout import IGNORE_INDEX, Prefix, as_llm_mask, prefix_lm_mask
 
 logger = logging.getLogger(__name__)
@@ -397,8 +397,5 @@ __all__ = [
     "Prefix",
     "SpeechLLM",
     "SpeechLLMConfig",
-    "build_speech_llm",
-    "load_speech_llm",
     "prefix_lm_mask",
-    "save_speech_llm",
 ]

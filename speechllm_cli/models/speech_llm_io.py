@@ -2,7 +2,8 @@
 
 Example::
 
-    from speechllm_cli.models.speech_llm import SpeechLLMConfig, build_speech_llm, load_speech_llm, save_speech_llm
+    from speechllm_cli.models.speech_llm import SpeechLLMConfig
+    from speechllm_cli.models.speech_llm_io import build_speech_llm, load_speech_llm, save_speech_llm
 
     model = build_speech_llm(SpeechLLMConfig(llm="/tmp/smollm2_hf"), "exp/ctc_compressor")
     save_speech_llm(model, "exp/speech_llm/model", extra={"step": 1000})
@@ -60,7 +61,7 @@ def resolve_llm_path(llm: str | os.PathLike | None) -> Path:
 
 def _load_compressor(compressor_dir, device):
     """(compressor, its CTC pieces in id order)."""
-    from speechllm_cli.train.ctc_task import load_ctc_compressor
+    from speechllm_cli.models.ctc_compressor_io import load_ctc_compressor
 
     compressor, tokenizer = load_ctc_compressor(compressor_dir, device)
     return compressor, list(tokenizer.tokens)

@@ -3,9 +3,9 @@
 An example's sequence is prompt + audio positions + post-audio ids (separator / assistant header) + target + end
 token, and must fit the LLM's ``max_position_embeddings``: beyond it a RoPE model runs on silently at positions it
 never saw, a learned-position model fails. The audio positions are only known after running the front-end, so an
-upper bound from the frame count stands in: the model's own ``max_audio_positions(num_frames)`` when it has one,
-else the CTC compressor's subsampled length (compression never lengthens it), else the frame count itself. An
-example whose bound exceeds the context is dropped from its dataset, and the count goes to the log (train.log).
+upper bound from the frame count stands in: the CTC compressor's subsampled length (compression never lengthens
+it), else the frame count itself. An example whose bound exceeds the context is dropped from its dataset, and the
+count goes to the log (train.log).
 
 Example::
 
@@ -27,9 +27,6 @@ logger = logging.getLogger(__name__)
 
 def audio_positions_bound(model, num_frames: Sequence[int]) -> list[int]:
     """An upper bound of the audio positions ``model`` gives each utterance of ``num_frames`` fbank frames."""
-    own_rule = getattr(model, "max_audio_positions", None)
-    if callable(own_rule):
-        return [int(n) for n in own_rule(list(num_frames))]
     compressor = getattr(model, "compressor", None)
     if compressor is not None and hasattr(compressor, "subsampling"):
         from speechllm_cli.models.subsampling import subsampled_lengths

@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from speechllm_cli.models.compression import compress
 from speechllm_cli.models.ctc_compressor import greedy_decode, greedy_labels
+from speechllm_cli.models.ctc_compressor_io import load_ctc_compressor
 from speechllm_cli.score.metrics import cer
-from speechllm_cli.train.ctc_task import load_ctc_compressor
 from speechllm_cli.train.dataset import BucketBatchSampler, DumpDataset
 from speechllm_cli.utils.io import atomic_path, atomic_write_text
 

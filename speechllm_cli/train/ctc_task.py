@@ -11,7 +11,8 @@ Usage:
     python -m speechllm_cli.train.ctc_task --config conf/train_ctc.yaml --train-data dump/train \\
         --valid-data dump/dev --out exp/ctc_compressor [--resume] [--set train.max_steps=100] [--num-procs 2]
 
-    >>> from speechllm_cli.train.ctc_task import load_ctc_compressor, train_ctc           # doctest: +SKIP
+    >>> from speechllm_cli.models.ctc_compressor_io import load_ctc_compressor           # doctest: +SKIP
+    >>> from speechllm_cli.train.ctc_task import train_ctc                                 # doctest: +SKIP
     >>> train_ctc("conf/train_ctc.yaml", "dump/train", "dump/dev", "exp/ctc_compressor")  # doctest: +SKIP
     >>> model, tokenizer = load_ctc_compressor("exp/ctc_compressor", device="cpu")        # doctest: +SKIP
 """
@@ -27,24 +28,18 @@ from typing import Literal
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from speechllm_cli.features.cmvn import read_cmvn_stats
 from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConfig, ctc_loss, greedy_decode
 from speechllm_cli.score.metrics import cer
 from speechllm_cli.text.tokenizer import MODEL_NAME, TOKENS_NAME, Tokenizer
-from speechllm_cli.train.config import (
-    ConfigError,
-    TrainConfig,
-    apply_overrides,
-    load_dataclass,
-    read_yaml,
-)
+from speechllm_cli.train.config import TrainConfig
 from speechllm_cli.train.dataset import DumpDataset, check_input_dim, require_file
 from speechllm_cli.train.entry import training_main
 from speechllm_cli.train.loop import Trainer
 from speechllm_cli.train.task import Stats, Task
+from speechllm_cli.utils.config import ConfigError, apply_overrides, load_dataclass, read_yaml
 from speechllm_cli.utils.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -146,24 +141,6 @@ def train_ctc(
         _copy_tokenizer(Path(config.tokenizer), Path(out_dir))
     task = CTCTask(config, tokenizer, cmvn_stats)
     return Trainer(task, train_set, valid_set, config.train, out_dir, resolved_config=config).run(resume=resume)
-
-
-def load_ctc_compressor(
-    model_dir: str | os.PathLike, device: str | torch.device = "cpu", variant: str = "model"
-) -> tuple[CTCCompressor, Tokenizer]:
-    """A trained compressor (eval mode) and its tokenizer from ``model_dir``; ``variant`` picks
-    ``model`` (final), ``model.best`` or ``model.avg``."""
-    model_dir = Path(model_dir)
-    config = load_dataclass(CTCExperimentConfig, read_yaml(model_dir / "config.yaml"),
-                            source=str(model_dir / "config.yaml"))
-    token_dir = model_dir / "tokenizer" if (model_dir / "tokenizer" / MODEL_NAME).is_file() else Path(config.tokenizer)
-    tokenizer = Tokenizer.load(token_dir)
-    weights = model_dir / f"{variant}.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} missing: training did not finish; rerun train-ctc with --resume")
-    model = CTCCompressor(config.model)
-    model.load_state_dict(load_file(str(weights)))
-    return model.to(device).eval(), tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,7 +62,7 @@ def require_file(path: str | os.PathLike) -> Path:
 
 def check_input_dim(config_path, input_dim: int, train_set: DumpDataset, cmvn_stats: np.ndarray) -> None:
     """The model's ``input_dim`` must equal the feature and CMVN dimensions of the training dump dir."""
-    from speechllm_cli.train.config import ConfigError
+    from speechllm_cli.utils.config import ConfigError
 
     dims = train_set[0]["feats"].shape[1]
     if dims != input_dim or cmvn_stats.shape[1] - 1 != dims:

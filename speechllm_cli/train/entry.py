@@ -17,8 +17,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from speechllm_cli.train.config import ConfigError, parse_override
 from speechllm_cli.train.distributed import launch
+from speechllm_cli.utils.config import ConfigError, parse_override
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from speechllm_cli.train import checkpoint as ckpt
-from speechllm_cli.train.config import ConfigError, TrainConfig, dump_config, read_yaml, to_plain
+from speechllm_cli.train.config import TrainConfig
 from speechllm_cli.train.dataset import BucketBatchSampler, padding_fraction
 from speechllm_cli.train.distributed import (
     DistEnv,
@@ -51,6 +51,7 @@ from speechllm_cli.train.distributed import (
 from speechllm_cli.train.optim import build_optimizer, build_scheduler
 from speechllm_cli.train.plots import plot_history
 from speechllm_cli.train.task import Stats, Task, unwrap
+from speechllm_cli.utils.config import ConfigError, dump_config, read_yaml, to_plain
 from speechllm_cli.utils.io import atomic_write_text
 from speechllm_cli.utils.logging import LOG_FORMAT, setup_logging
 

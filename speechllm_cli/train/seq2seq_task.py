@@ -37,19 +37,13 @@ from speechllm_cli.features.cmvn import read_cmvn_stats
 from speechllm_cli.models.seq2seq import IGNORE_ID, Seq2SeqConfig, Seq2SeqModel
 from speechllm_cli.models.seq2seq_io import save_seq2seq
 from speechllm_cli.text.tokenizer import Tokenizer
-from speechllm_cli.train.config import (
-    ConfigError,
-    TrainConfig,
-    apply_overrides,
-    load_dataclass,
-    read_yaml,
-    to_plain,
-)
+from speechllm_cli.train.config import TrainConfig
 from speechllm_cli.train.ctc_task import DataPaths
 from speechllm_cli.train.dataset import DumpDataset, check_input_dim, require_file
 from speechllm_cli.train.entry import training_main
 from speechllm_cli.train.loop import Trainer
 from speechllm_cli.train.task import Stats, Task, unwrap
+from speechllm_cli.utils.config import ConfigError, apply_overrides, load_dataclass, read_yaml, to_plain
 
 logger = logging.getLogger(__name__)
 TEXT_KEYS = {"text": "text", "text.src": "text_src"}  # dump table -> DumpDataset example key

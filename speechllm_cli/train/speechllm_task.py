@@ -34,20 +34,15 @@ from typing import Literal
 import torch
 from torch import nn
 
-from speechllm_cli.diagnose.audio_use import audio_dependence, derived_metrics
-from speechllm_cli.models.speech_llm import SpeechLLMConfig, build_speech_llm, save_speech_llm
-from speechllm_cli.models.speech_llm_io import LLMMismatchError
-from speechllm_cli.train.config import (
-    ConfigError,
-    TrainConfig,
-    apply_overrides,
-    load_dataclass,
-    read_yaml,
-)
+from speechllm_cli.models.audio_use import audio_dependence, derived_metrics
+from speechllm_cli.models.speech_llm import SpeechLLMConfig
+from speechllm_cli.models.speech_llm_io import LLMMismatchError, build_speech_llm, save_speech_llm
+from speechllm_cli.train.config import TrainConfig
 from speechllm_cli.train.context_limit import drop_over_context
 from speechllm_cli.train.dataset import DumpDataset
 from speechllm_cli.train.entry import training_main
 from speechllm_cli.train.task import Stats, Task, unwrap
+from speechllm_cli.utils.config import ConfigError, apply_overrides, load_dataclass, read_yaml
 
 logger = logging.getLogger(__name__)
 TARGET_FIELDS = {"text": "text", "text.src": "text_src"}  # dump table -> DumpDataset example key

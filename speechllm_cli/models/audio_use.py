@@ -8,7 +8,7 @@ them every validation (``SpeechLLMTask.validate_batch``) and ``speechllm diagnos
 
 Example::
 
-    from speechllm_cli.diagnose.audio_use import audio_dependence, embedding_stats, relative_gap
+    from speechllm_cli.models.audio_use import audio_dependence, embedding_stats, relative_gap
     stats = audio_dependence(model, feats, feat_lens, prompt_ids, target_ids)   # (sum, count) pairs
     # {"loss": ..., "acc": ..., "loss_rolled": ..., "acc_rolled": ..., "loss_noaudio": ..., "acc_noaudio": ...,
     #  "audio_norm": ..., "audio_cosine": ...}
