@@ -118,9 +118,10 @@ def test_bidirectional_mask_spans_audio_only(llm_dir):
             assert mask[0, 0, first, last] and mask[0, 0, last, first]  # audio sees audio both ways
             assert not mask[0, 0, last, last + 1] and not mask[0, 0, first, target_pos]  # but nothing after it
             assert mask[0, 0, target_pos, first] and not mask[0, 0, first - 1, first]
-            for b in range(3):  # padded keys are never attended
+            for b in range(3):  # real positions never attend padded keys; a padded query sees only itself of them
                 end = int((inputs["labels"][b] != IGNORE_INDEX).nonzero()[-1]) + 1
-                assert not mask[b, 0, :, end:].any() and mask[b, 0, end - 1, :end].all()
+                assert not mask[b, 0, :end, end:].any() and mask[b, 0, end - 1, :end].all()
+                assert torch.equal(mask[b, 0, end:, end:], torch.eye(length - end, dtype=torch.bool))
         changed = dict(inputs, inputs_embeds=inputs["inputs_embeds"].clone())
         changed["inputs_embeds"][0, last] += 1.0  # only the last audio frame changes
         with torch.no_grad():
@@ -139,7 +140,7 @@ def test_prefix_lm_mask_small():
         [1, 1, 1, 0, 0, 0],
         [1, 1, 1, 1, 0, 0],
         [1, 1, 1, 1, 1, 0],
-        [1, 1, 1, 1, 1, 0],
+        [1, 1, 1, 1, 1, 1],  # the padded query sees the real positions and itself
     ], dtype=torch.bool)
     assert torch.equal(prefix_lm_mask(padding, audio)[0, 0], expected)
 

@@ -30,6 +30,9 @@ from typing import Any
 
 import torch
 
+from speechllm_cli.models.llm import cache_kwarg
+from speechllm_cli.models.speech_llm_layout import as_llm_mask, prefix_lm_mask
+
 # tokens that end an answer in common chat templates (looked up in the tokenizer when present)
 END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<end_of_turn>")
 MASK_GROWTH = 64  # key-mask columns added at a time
@@ -134,9 +137,13 @@ def _preallocated_layer_class():
     return _LAYER_CLASS
 
 
+def _base_model(model):
+    """The transformers model inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _forward_params(model) -> set[str]:
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return set(inspect.signature(inner.forward).parameters)
+    return set(inspect.signature(_base_model(model).forward).parameters)
 
 
 class LLMScorer:
@@ -145,7 +152,7 @@ class LLMScorer:
     def __init__(self, model):
         self.model = model
         params = _forward_params(model)
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.cache_arg = cache_kwarg(_base_model(model).forward)
         self.extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         implementation = getattr(model.config, "_attn_implementation", None) or "eager"
         self.mask_kind = {"sdpa": "bool", "eager": "float"}.get(implementation, "2d")
@@ -168,20 +175,14 @@ class LLMScorer:
         return torch.log_softmax(logits[:, -1].float(), dim=-1)  # (R, V)
 
     def _prefix_mask(self, pad: torch.Tensor, total: int, spans: Sequence[tuple[int, int] | None] | None):
-        """The prefill mask (B, 1, P, P): causal, no padded keys, plus bidirectional spans."""
+        """The prefill mask (B, 1, P, P) of a left-padded batch: causal, no padded keys, plus bidirectional spans."""
         pos = torch.arange(total, device=self.device)
-        allowed = (pos[None, :, None] >= pos[None, None, :]) & (pos[None, None, :] >= pad[:, None, None])  # (B, P, P)
-        if spans is not None:
-            for i, span in enumerate(spans):
-                if span is not None:
-                    start, end = int(pad[i]) + span[0], int(pad[i]) + span[1]
-                    allowed[i, start:end, start:end] = True
-        allowed |= torch.eye(total, dtype=torch.bool, device=self.device)  # padded rows see themselves: no NaN
-        allowed = allowed[:, None]  # (B, 1, P, P)
-        if self.mask_kind == "bool":
-            return allowed
-        return torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(
-            ~allowed, torch.finfo(self.dtype).min)
+        real = pos[None, :] >= pad[:, None]  # (B, P)
+        in_span = torch.zeros_like(real)
+        for i, span in enumerate(spans or []):
+            if span is not None:
+                in_span[i, int(pad[i]) + span[0] : int(pad[i]) + span[1]] = True
+        return as_llm_mask(prefix_lm_mask(real, in_span), "sdpa" if self.mask_kind == "bool" else "eager", self.dtype)
 
     def _key_mask(self, pad: torch.Tensor, columns: int) -> torch.Tensor:
         """Per-row valid keys for the 1-token steps; columns past the prefix are valid already."""

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import torch
 
+from speechllm_cli.text.tokenizer import BLANK_ID
+
 MODES = ("blank_remove", "frame_average", "none")
 
 
 def compress(
-    hidden: torch.Tensor, lens: torch.Tensor, labels: torch.Tensor, mode: str, blank_id: int = 0
+    hidden: torch.Tensor, lens: torch.Tensor, labels: torch.Tensor, mode: str, blank_id: int = BLANK_ID
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """hidden (B, T, D), lens (B,), labels (B, T) -> compressed (B, T'', D) zero-padded, compressed_lens (B,)."""
     if mode not in MODES:

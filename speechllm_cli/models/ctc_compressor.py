@@ -34,8 +34,7 @@ from torch import nn
 
 from speechllm_cli.models.cmvn import GlobalCMVN
 from speechllm_cli.models.subsampling import Conv2dSubsampling, PositionalEncoding
-
-BLANK_ID = 0
+from speechllm_cli.text.tokenizer import BLANK_ID  # the one blank id: the tokenizer reserves it, CTC uses it
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
+import inspect
 import logging
 import os
 import pickle
@@ -137,6 +138,12 @@ def llm_context_length(model) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def cache_kwarg(forward) -> str:
+    """The name under which ``forward`` (a transformers model's or decoder's forward) takes its key/value cache:
+    ``cache`` in newer transformers, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def export_llm(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechllm_cli.models.cmvn import GlobalCMVN
-from speechllm_cli.models.ctc_compressor import BLANK_ID, CTCOutput, SpecAugment, ctc_loss
+from speechllm_cli.models.ctc_compressor import CTCOutput, SpecAugment, ctc_loss
 from speechllm_cli.models.subsampling import Conv2dSubsampling, PositionalEncoding
+from speechllm_cli.text.tokenizer import BLANK_ID
 
 IGNORE_ID = -1  # target padding
 

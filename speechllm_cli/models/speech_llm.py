@@ -34,7 +34,6 @@ speech_llm_layout.py (re-exported here).
 
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -44,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechllm_cli.models.audio_encoder import AudioEncoder, AudioEncoderConfig, init_label_table
-from speechllm_cli.models.llm import prepare_tokenizer
+from speechllm_cli.models.llm import cache_kwarg, prepare_tokenizer
 from speechllm_cli.models.speech_llm_layout import IGNORE_INDEX, Prefix, as_llm_mask, prefix_lm_mask
 
 logger = logging.getLogger(__name__)
@@ -68,7 +67,6 @@ class SpeechLLMConfig:
     dtype: str = "float32"  # LLM weights: float32 | bfloat16 | float16
     attn_implementation: str = "sdpa"
     compression: Literal["frame_average", "blank_remove", "none"] = "frame_average"
-    blank_id: int = 0
     prompts: dict[str, str] = field(
         default_factory=lambda: {"st": "Translate the audio into English:", "asr": "Transcribe the audio:"}
     )
@@ -142,8 +140,7 @@ class SpeechLLM(nn.Module):
         if config.encoder.label_embeddings and ctc_pieces is not None:
             init_label_table(self.encoder, ctc_pieces, self.tokenizer, self.hf_llm.get_input_embeddings().weight)
         self.pad_id = self.tokenizer.pad_token_id
-        decoder_args = inspect.signature(self.hf_llm.get_decoder().forward).parameters
-        self._cache_kwarg = "cache" if "cache" in decoder_args else "past_key_values"  # transformers >= 5.x: cache
+        self._cache_kwarg = cache_kwarg(self.hf_llm.get_decoder().forward)
         self._prompt_cache: dict[str, list[int]] = {}
         self.post_audio_ids, self.end_id = self._template_parts()
         for text in config.prompts.values():
@@ -232,7 +229,7 @@ class SpeechLLM(nn.Module):
         with torch.no_grad():
             hidden, hidden_lens, logits = self.compressor(feats, feat_lens)  # (B, T', D), (B,), (B, T', V)
             labels = logits.argmax(-1)  # (B, T') greedy CTC labels
-            mode, blank_id = self.config.compression, self.config.blank_id
+            mode, blank_id = self.config.compression, self.compressor.blank_id
             posteriors = None
             if self.config.encoder.label_embeddings:  # compressed with the states: one mean posterior per vector
                 dim = hidden.shape[-1]

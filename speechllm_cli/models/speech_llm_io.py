@@ -141,6 +141,7 @@ def load_speech_llm(
 
     model_dir = Path(model_dir)
     record = read_record(model_dir)
+    record["config"].pop("blank_id", None)  # recorded by older versions; the compressor's blank id is the one used
     config = SpeechLLMConfig(**record["config"])
     llm = Path(llm_path) if llm_path else Path(record["llm"]["path"])
     if not llm.exists():

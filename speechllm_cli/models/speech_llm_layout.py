@@ -48,14 +48,16 @@ class Prefix:
 def prefix_lm_mask(padding_mask: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
     """(B, L) padding and audio masks -> (B, 1, L, L) bool, True = query may attend key.
 
-    Causal, plus audio positions see every audio position of their utterance; padded keys are never seen
-    (padded queries still see the real positions before them, so no row is empty).
+    Causal, plus audio positions see every audio position of their utterance; padded keys are never seen, but
+    every position sees itself, so no row is empty (a padded query of a left-padded batch has no real key before
+    it). Right-padded (training) and left-padded (decoding) batches alike.
     """
     length = padding_mask.shape[1]
     idx = torch.arange(length, device=padding_mask.device)
     causal = idx[None, :] <= idx[:, None]  # (L, L) [query, key]
     both_audio = audio_mask[:, :, None] & audio_mask[:, None, :]  # (B, L, L)
     allowed = (causal[None] | both_audio) & padding_mask.bool()[:, None, :]
+    allowed |= torch.eye(length, dtype=torch.bool, device=padding_mask.device)
     return allowed[:, None]
 
 
