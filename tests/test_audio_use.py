@@ -11,7 +11,9 @@ import torch
 import yaml
 from _speech_llm_fixtures import feats_batch, make_model, save_tiny_llm, tiny_compressor
 from _train_fixtures import build_corpus, save_random_ctc_dir
+from typer.testing import CliRunner
 
+from speechllm_cli.cli import app
 from speechllm_cli.models.audio_encoder import AudioEncoder, AudioEncoderConfig, init_label_table
 from speechllm_cli.models.audio_use import (
     audio_dependence,
@@ -20,8 +22,7 @@ from speechllm_cli.models.audio_use import (
     shared_energy,
     utterance_means,
 )
-from speechllm_cli.train.dataset import DumpDataset
-from speechllm_cli.train.speechllm_task import SpeechLLMTask, load_experiment, train_speechllm
+from speechllm_cli.train.speechllm_task import train_speechllm
 
 
 def test_similarity_figures():
@@ -124,12 +125,16 @@ def test_overfitting_a_few_utterances_needs_their_audio(corpus, tmp_path, label_
     assert (out / "images" / "loss.png").is_file() and (out / "images" / "audio_gap.png").is_file()
     assert not (out / "images" / "loss_rolled.png").exists()  # drawn on loss.png
 
-    task = SpeechLLMTask(load_experiment(config_path))  # the same figures from the saved model, batch by batch
-    task.build_model()
-    from speechllm_cli.models.speech_llm_io import load_speech_llm
-
-    model = load_speech_llm(out / "model")
-    train = DumpDataset(train_dir)
-    batch = task.collate([train[i] for i in range(len(train))])
-    stats = audio_dependence(model, batch["feats"], batch["feat_lens"], batch["prompt_ids"], batch["target_ids"])
-    assert stats["loss"][0] / stats["loss"][1] < 0.5 * stats["loss_rolled"][0] / stats["loss_rolled"][1]
+    # the same figures from the saved model, and the distinct hypotheses of a decode: `speechllm diagnose`
+    decoded = CliRunner().invoke(app, ["decode", "--model", str(out), "--data", str(train_dir), "--beam", "1",
+                                       "--max-new-tokens", "4", "--no-repeat-ngram", "0"])
+    assert decoded.exit_code == 0, decoded.output
+    result = CliRunner().invoke(app, ["diagnose", "--model", str(out), "--data", str(train_dir), "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "audio gap (1 - true/rolled loss)" in result.output
+    report = json.loads((out / "diagnose_train.json").read_text())
+    tf = report["teacher_forced"]
+    assert tf["loss"] < 0.5 * tf["loss_rolled"] and tf["loss_noaudio"] > 2 * tf["loss"]
+    assert report["embeddings"]["token_embedding_norm"] > 0 and 0 < report["embeddings"]["audio_embedding_norm"]
+    assert set(report["distinct"]) == {"en", "de"}
+    assert all(d["distinct_refs"] == 6 and d["distinct_hyps"] >= 3 for d in report["distinct"].values())  # not one

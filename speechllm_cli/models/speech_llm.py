@@ -28,6 +28,10 @@ given to the LLM; sdpa or eager attention); ``"causal"`` keeps the LLM's own cau
 ``train_llm=True`` (with ``lora.rank=0``) trains every LLM weight as well: the decoder-only model trained from
 scratch (an LLM made by ``speechllm init-llm``, see scratch_llm.py), or a full fine-tune; its checkpoints and saved
 model then hold the LLM weights too.
+``encoder.label_embeddings=True`` (the recipe's setting) also hands the audio encoder the compressor's CTC label
+posteriors, compressed like the states, and adds their LLM embeddings (a table initialised from each CTC piece's
+token embeddings, see audio_encoder.py): without it a fresh encoder's output means nothing to the LLM, and training
+turns it into one constant soft prompt rather than learning to listen (``speechllm diagnose`` measures this).
 Saving, loading and the LLM hash check live in speech_llm_io.py, the masks and the decoding prefix in
 speech_llm_layout.py (re-exported here).
 """
