@@ -378,7 +378,10 @@ def decode_cmd(
     no_repeat_ngram: int = typer.Option(0, help="Ban repeated n-grams of this size (0: off)."),
     length_penalty: float = typer.Option(1.0, help="Rank by logprob / length ** penalty."),
     nbest: int = typer.Option(0, help="Write nbest.txt with this many hypotheses (<= beam)."),
-    task: str | None = typer.Option(None, help="asr or st for every utterance (default: from utt2lang)."),
+    task: str | None = typer.Option(None, help="asr or st for every utterance (default: the model's training "
+                                    "choice; task auto: from utt2lang)."),
+    asr_langs: str | None = typer.Option(None, help="Source languages decoded as ASR, e.g. 'en fr' (default: the "
+                                         "model's training choice, else en)."),
     nj: int = typer.Option(1, help="Parallel jobs (split by speaker), run through --cmd."),
     cmd: str = typer.Option("run.pl", help="Job launcher: run.pl or slurm.pl, with options."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
@@ -396,7 +399,8 @@ def decode_cmd(
         model_dir = resolve_model_dir(model)
         decode(model_dir, data, out or model / f"decode_{data.name}", beam=beam, batch_size=batch_size,
                max_new_tokens=max_new_tokens, max_len_a=max_len_a, max_len_b=max_len_b,
-               no_repeat_ngram=no_repeat_ngram, length_penalty=length_penalty, nbest=nbest, task=task, nj=nj,
+               no_repeat_ngram=no_repeat_ngram, length_penalty=length_penalty, nbest=nbest, task=task,
+               asr_langs=tuple(asr_langs.split()) if asr_langs else None, nj=nj,
                cmd=cmd, device=device, llm_path=llm, ctc_weight=ctc_weight)
     except (DataDirError, FileNotFoundError, ValueError, LLMMismatchError, RuntimeError) as exc:
         _fail(str(exc))

@@ -183,3 +183,24 @@ def test_task_auto_picks_the_prompt_of_each_utterance_from_its_language(setup):
     assert model.prompt_ids("asr") != model.prompt_ids("st")
     with pytest.raises(KeyError, match="needs utt2lang"):
         task.collate([{**examples[0], "lang": None}])
+
+
+def test_decoding_defaults_to_the_task_choice_the_model_was_trained_with(setup, tmp_path):
+    """Trained with task auto and German recognised too (asr_langs: [en, de]), the model decodes German with the
+    ASR prompt without being told: the same hypotheses as --task asr, in one job or two."""
+    from speechllm_cli.decode.decode import decode
+
+    corpus, config_path, _ = setup
+    overrides = {"task": "auto", "asr_langs": ["en", "de"], "train.epochs": 1, "train.max_steps": 2}
+    model_dir = train_speechllm(config_path, corpus["train"], None, tmp_path / "exp", overrides=overrides)
+    options = {"max_new_tokens": 5, "batch_size": 4}
+    decode(model_dir, corpus["dev"], tmp_path / "by_record", **options)
+    decode(model_dir, corpus["dev"], tmp_path / "by_record_nj2", nj=2, num_threads=1, **options)
+    decode(model_dir, corpus["dev"], tmp_path / "asr", task="asr", **options)
+    decode(model_dir, corpus["dev"], tmp_path / "st", task="st", asr_langs=("en",), **options)
+    recorded = yaml.safe_load((tmp_path / "by_record" / "decode.yaml").read_text())["config"]
+    assert recorded["asr_langs"] == ["en", "de"] and recorded["task"] is None
+    hyps = {name: (tmp_path / name / "hyp.txt").read_text() for name in ("by_record", "by_record_nj2", "asr", "st")}
+    assert hyps["by_record"] == hyps["asr"] == hyps["by_record_nj2"]
+    st = yaml.safe_load((tmp_path / "st" / "decode.yaml").read_text())["config"]
+    assert st["task"] == "st" and st["asr_langs"] == ["en"]  # flags win over the record

@@ -20,6 +20,8 @@ context (``max_position_embeddings``), with a warning naming the utterance. Outp
 :mod:`speechllm_cli.decode.decode_io`; decoding
 resumes where it stopped, and a finished decode dir with the same options is left alone.
 ``--nj J`` splits the data dir by speaker and runs J jobs through run.pl/slurm.pl (``--cmd``).
+A speech-LLM is decoded with the task choice it was trained with (its record's ``task`` and ``asr_langs``)
+unless ``--task`` / ``--asr-langs`` say otherwise.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +197,23 @@ def load_decode_model(model_dir: str | Path, device: str = "cpu", llm_path: str 
     return seq2seq_decode_model(*load_seq2seq(model_dir, device), ctc_weight=ctc_weight)
 
 
+def trained_task_choice(model_dir: str | Path, task: str | None, asr_langs: Sequence[str] | None
+                        ) -> tuple[str | None, tuple[str, ...]]:
+    """``task`` and ``asr_langs`` for decoding: the given ones, else what a speech-LLM was trained with (its record's
+    ``task``, unless "auto", and ``asr_langs``), else per-utterance from utt2lang with English as ASR."""
+    speech_llm_record, _ = _record_names()
+    trained = {}
+    if (Path(model_dir) / speech_llm_record).is_file():
+        from speechllm_cli.models.speech_llm_io import read_record
+
+        trained = read_record(model_dir).get("extra") or {}
+    if task is None and trained.get("task", "auto") != "auto":
+        task = trained["task"]
+    if asr_langs is None:
+        asr_langs = trained.get("asr_langs", ("en",))
+    return task, tuple(asr_langs)
+
+
 def _num_frames(data: DataDir, feats_scp: FeatsReader) -> dict[str, int]:
     if "utt2num_frames" in data.tables:
         return {u: int(n) for u, n in data.tables["utt2num_frames"].items()}
@@ -293,6 +312,7 @@ def decode(
     length_penalty: float = 1.0,
     nbest: int = 0,
     task: str | None = None,
+    asr_langs: tuple[str, ...] | None = None,
     nj: int = 1,
     cmd: str = "run.pl",
     device: str = "cpu",
@@ -305,9 +325,10 @@ def decode(
     See the module docstring; ``nj > 1`` runs ``nj`` jobs (split by speaker) through ``cmd``, each with
     ``num_threads`` torch threads (0: this machine's cores divided among the jobs). Returns ``out_dir``.
     """
+    task, asr_langs = trained_task_choice(model_dir, task, asr_langs)
     options = DecodeOptions(beam=beam, max_new_tokens=max_new_tokens, max_len_a=max_len_a, max_len_b=max_len_b,
                             no_repeat_ngram=no_repeat_ngram, length_penalty=length_penalty, nbest=nbest, task=task,
-                            ctc_weight=ctc_weight)
+                            asr_langs=asr_langs, ctc_weight=ctc_weight)
     options.validate()
     out_dir = Path(out_dir)
     command = shlex.join(sys.argv)
@@ -331,7 +352,7 @@ def decode(
             "--beam", str(beam), "--batch-size", str(batch_size), "--max-new-tokens", str(max_new_tokens),
             "--max-len-a", str(max_len_a), "--max-len-b", str(max_len_b), "--no-repeat-ngram", str(no_repeat_ngram),
             "--length-penalty", str(length_penalty), "--nbest", str(nbest), "--ctc-weight", str(ctc_weight),
-            "--device", device,
+            "--device", device, "--asr-langs", " ".join(asr_langs),
             "--num-threads", str(num_threads or max(1, (os.cpu_count() or 1) // nj))]
     for flag, value in (("--task", task), ("--llm-path", llm_path)):
         if value:
@@ -375,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length-penalty", type=float, default=1.0)
     parser.add_argument("--nbest", type=int, default=0)
     parser.add_argument("--task", choices=["asr", "st"], default=None)
+    parser.add_argument("--asr-langs", type=lambda text: tuple(text.split()), default=None,
+                        help="space-separated languages decoded as ASR (default: the model's training choice)")
     parser.add_argument("--ctc-weight", type=float, default=0.0, help="seq2seq: CTC prefix score weight")
     parser.add_argument("--nj", type=int, default=1)
     parser.add_argument("--cmd", default="run.pl")
