@@ -59,3 +59,16 @@ def test_cli_config_defaults_and_overrides(tmp_path):
     (tmp_path / "bad.yaml").write_text("src_lang: de\n")
     result = subprocess.run([*cli, "--config", str(tmp_path / "bad.yaml")], capture_output=True, text=True)
     assert result.returncode != 0 and "unknown key(s) ['src_lang']" in result.stderr
+
+
+def test_recipe_decode_config_names_decode_options():
+    """conf/decode.yaml (read by run.sh stage 6 for every system) holds only options of `speechllm decode`."""
+    import yaml
+    from typer.main import get_command
+
+    from speechllm_cli.cli import app
+
+    decode = get_command(app).commands["decode"]
+    options = {p.name for p in decode.params}
+    keys = set(yaml.safe_load((ROOT / "egs/covost2/conf/decode.yaml").read_text()))
+    assert keys and keys <= options, keys - options

@@ -29,7 +29,8 @@ llm_export=exp/llm/smollm2_hf
 train_config=""       # "" = conf/train_speechllm.yaml or conf/train_seq2seq.yaml (by model_type)
 exp_dir=""            # "" = exp/speechllm or exp/seq2seq (by model_type)
 train_args=""         # extra training options, e.g. "--set model.compression=blank_remove --num-procs 2"
-decode_args="--beam 4 --batch-size 8 --max-len-a 6 --max-len-b 10 --no-repeat-ngram 4"
+decode_config=conf/decode.yaml   # decoding options (beam, length caps, ...)
+decode_args=""        # extra decoding flags, e.g. "--beam 1" or "--ctc-weight 0.3" (they win over decode_config)
 nbest=0               # also write nbest.txt with this many hypotheses (for `speechllm rescore`)
 
 help_message=$(cat <<HELP
@@ -129,10 +130,10 @@ fi
 if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
   nbest_args=""; [ "${nbest}" -gt 0 ] && nbest_args="--nbest ${nbest}"
   for dset in ${test_sets}; do
-    log "stage 6: decoding dump/${dset} with ${exp_dir} (${decode_args} ${nbest_args}, ${nj} jobs)"
+    log "stage 6: decoding dump/${dset} with ${exp_dir} (${decode_config} ${decode_args} ${nbest_args}, ${nj} jobs)"
     # shellcheck disable=SC2086
     speechllm decode --model "${exp_dir}" --data "dump/${dset}" --out "${exp_dir}/decode_${dset}" \
-      --nj "${nj}" --cmd "${decode_cmd}" ${decode_args} ${nbest_args}
+      --nj "${nj}" --cmd "${decode_cmd}" --config "${decode_config}" ${decode_args} ${nbest_args}
   done
 fi
 

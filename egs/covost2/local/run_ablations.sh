@@ -20,7 +20,6 @@ scratch_like_llm=exp/llm/smollm2_scratch   # the same architecture and tokenizer
 decoder_only_llm=exp/llm/scratch_small     # the small decoder-only LLaMA with the target vocabulary
 decoder_only_llm_config=conf/llm_scratch_small.yaml
 tgt_vocab=150
-decode_args="--beam 4 --batch-size 8 --max-len-a 6 --max-len-b 10 --no-repeat-ngram 4"
 
 help_message="Usage: $0 [--epochs N] [--only 'base lora_rank0 ...'] [--nj J] [--llm DIR]"
 
@@ -53,7 +52,7 @@ for system in "${systems[@]}"; do
   if [ -n "${only}" ] && [[ " ${only} " != *" ${name} "* ]]; then continue; fi
   log "ablation ${name}: ${config} on ${system_llm} -> exp/ablations/${name}"
   ./run.sh --stage 5 --stop-stage 7 --nj "${nj}" --train-config "${config}" --exp-dir "exp/ablations/${name}" \
-    --llm "${system_llm}" --train-args "${epoch_args}" --decode-args "${decode_args}"
+    --llm "${system_llm}" --train-args "${epoch_args}"   # decoding: conf/decode.yaml, as every system
 done
 
 speechllm results exp/ablations --out exp/ablations/RESULTS.md

@@ -17,7 +17,7 @@ seq2seq_config=conf/train_seq2seq.yaml
 seq2seq_exp=exp/seq2seq
 tgt_vocab=150
 nbest=4                            # hypotheses per utterance kept for rescoring (= beam)
-decode_args="--beam 4 --batch-size 8 --max-len-a 6 --max-len-b 10 --no-repeat-ngram 4 --ctc-weight 0.3"
+decode_args="--ctc-weight 0.3"   # on top of conf/decode.yaml: the seq2seq model's CTC prefix scores
 rescore_args="--length-normalise --grid 0:1:0.1"
 train_args=""
 
