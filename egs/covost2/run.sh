@@ -18,7 +18,8 @@ mini_seed=0
 train_set=train
 valid_set=dev
 test_sets=test
-model_type=speech_llm # speech_llm (Speech-LLaMA) or seq2seq (the encoder-decoder baseline, from scratch)
+model_type=speech_llm # speech_llm (Speech-LLaMA), seq2seq (the encoder-decoder baseline, from scratch) or
+                      # decoder_only (the same front-end feeding a small LLaMA trained from scratch)
 ctc_vocab=300         # CTC vocabulary size (sentencepiece unigram on source transcripts)
 tgt_vocab=150         # seq2seq target vocabulary (unigram on the target text; the embedded corpus allows <= 152)
 ctc_config=conf/train_ctc.yaml
@@ -26,8 +27,9 @@ ctc_exp=exp/ctc_compressor
 ctc_args=""           # extra CTC training options, e.g. "--set train.epochs=2 --num-procs 2"
 llm=""                # LLM: a Hugging Face dir or .gguf file; "" = the embedded SmolLM2 (exported in stage 5)
 llm_export=exp/llm/smollm2_hf
-train_config=""       # "" = conf/train_speechllm.yaml or conf/train_seq2seq.yaml (by model_type)
-exp_dir=""            # "" = exp/speechllm or exp/seq2seq (by model_type)
+train_config=""       # "" = conf/train_<model_type>.yaml (conf/train_speechllm.yaml for speech_llm)
+exp_dir=""            # "" = exp/speechllm, exp/seq2seq or exp/decoder_only (by model_type)
+scratch_llm_config=conf/llm_scratch_small.yaml   # decoder_only: the LLaMA that `speechllm init-llm` makes
 train_args=""         # extra training options, e.g. "--set model.compression=blank_remove --num-procs 2"
 decode_config=conf/decode.yaml   # decoding options (beam, length caps, ...)
 decode_args=""        # extra decoding flags, e.g. "--beam 1" or "--ctc-weight 0.3" (they win over decode_config)
@@ -35,7 +37,7 @@ nbest=0               # also write nbest.txt with this many hypotheses (for `spe
 
 help_message=$(cat <<HELP
 Usage: $0 [--stage N] [--stop-stage M] [--nj J] [--src-langs "de fr"] [--norm tc|lc.rm]
-       [--model-type speech_llm|seq2seq] [--llm DIR_OR_GGUF] [--train-args "..."] [--decode-args "..."]
+       [--model-type speech_llm|seq2seq|decoder_only] [--llm DIR_OR_GGUF] [--train-args "..."] [--decode-args "..."]
 Stages: 1 data preparation, 2 fbank features + CMVN, 3 tokenizer (CTC source units; seq2seq: target units),
         4 CTC compressor (speech_llm), 5 training, 6 decoding, 7 scoring and the results table.
 HELP
@@ -49,7 +51,8 @@ HELP
 case "${model_type}" in
   speech_llm) train_config=${train_config:-conf/train_speechllm.yaml}; exp_dir=${exp_dir:-exp/speechllm} ;;
   seq2seq) train_config=${train_config:-conf/train_seq2seq.yaml}; exp_dir=${exp_dir:-exp/seq2seq} ;;
-  *) echo "$0: --model-type must be speech_llm or seq2seq, not '${model_type}'" >&2; exit 1 ;;
+  decoder_only) train_config=${train_config:-conf/train_decoder_only.yaml}; exp_dir=${exp_dir:-exp/decoder_only} ;;
+  *) echo "$0: --model-type must be speech_llm, seq2seq or decoder_only, not '${model_type}'" >&2; exit 1 ;;
 esac
 
 if [ -z "$COMMONVOICE" ]; then
@@ -84,18 +87,19 @@ token_list=data/token_list/unigram${ctc_vocab}
 tgt_token_list=data/token_list/tgt_unigram${tgt_vocab}
 
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
-  if [ "${model_type}" = seq2seq ]; then
-    log "stage 3: target tokenizer (unigram, ${tgt_vocab} units) on dump/${train_set}/text"
-    speechllm train-tokenizer --text "dump/${train_set}/text" --out-dir "${tgt_token_list}" \
-      --vocab-size "${tgt_vocab}" --model-type unigram
-  else
+  if [ "${model_type}" != seq2seq ]; then  # the CTC compressor's units
     log "stage 3: CTC tokenizer (unigram, ${ctc_vocab} units) on dump/${train_set}/text.src"
     speechllm train-tokenizer --text "dump/${train_set}/text.src" --out-dir "${token_list}" \
       --vocab-size "${ctc_vocab}" --model-type unigram
   fi
+  if [ "${model_type}" != speech_llm ]; then  # the output vocabulary of a model trained from scratch
+    log "stage 3: target tokenizer (unigram, ${tgt_vocab} units) on dump/${train_set}/text"
+    speechllm train-tokenizer --text "dump/${train_set}/text" --out-dir "${tgt_token_list}" \
+      --vocab-size "${tgt_vocab}" --model-type unigram
+  fi
 fi
 
-if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ] && [ "${model_type}" = speech_llm ]; then
+if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ] && [ "${model_type}" != seq2seq ]; then
   log "stage 4: CTC compressor pretraining -> ${ctc_exp}"
   resume=""; [ -d "${ctc_exp}/checkpoints" ] && resume="--resume"
   # shellcheck disable=SC2086
@@ -105,11 +109,15 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ] && [ "${model_type}" = spee
 fi
 
 if [ -z "${llm}" ]; then
-  llm=${llm_export}
-  if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ "${model_type}" = speech_llm ] \
-      && [ ! -f "${llm}/config.json" ]; then
-    log "stage 5: exporting the embedded SmolLM2 GGUF to ${llm} (once)"
-    speechllm export-llm --out "${llm}"
+  [ "${model_type}" = decoder_only ] && llm=exp/llm/scratch_small || llm=${llm_export}
+  if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ ! -f "${llm}/config.json" ]; then
+    if [ "${model_type}" = speech_llm ]; then
+      log "stage 5: exporting the embedded SmolLM2 GGUF to ${llm} (once)"
+      speechllm export-llm --out "${llm}"
+    elif [ "${model_type}" = decoder_only ]; then
+      log "stage 5: a LLaMA from scratch (${scratch_llm_config}) on the target units ${tgt_token_list} -> ${llm}"
+      speechllm init-llm --config "${scratch_llm_config}" --tokenizer "${tgt_token_list}" --out "${llm}"
+    fi
   fi
 fi
 
@@ -119,7 +127,7 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
     log "stage 5: encoder-decoder baseline training (${train_config}) -> ${exp_dir}"
     model_sets=("--set" "tokenizer=${tgt_token_list}")
   else
-    log "stage 5: Speech-LLaMA training on ${llm} (${train_config}) -> ${exp_dir}"
+    log "stage 5: ${model_type} training on ${llm} (${train_config}) -> ${exp_dir}"
     model_sets=("--set" "compressor_dir=${ctc_exp}" "--set" "model.llm=${llm}")
   fi
   # shellcheck disable=SC2086
