@@ -142,7 +142,9 @@ class SpeechLLM(nn.Module):
         num_labels = compressor.ctc_head.out_features if config.encoder.label_embeddings else 0
         self.encoder = AudioEncoder(config.encoder, _compressor_dim(compressor), hf_config.hidden_size, num_labels)
         if config.encoder.label_embeddings and ctc_pieces is not None:
-            init_label_table(self.encoder, ctc_pieces, self.tokenizer, self.hf_llm.get_input_embeddings().weight)
+            rows = init_label_table(self.encoder, ctc_pieces, self.tokenizer, self.hf_llm.get_input_embeddings().weight)
+            logger.info("audio encoder label table: %d of %d CTC pieces start as their LLM token embeddings", rows,
+                        len(ctc_pieces))
         self.pad_id = self.tokenizer.pad_token_id
         self._cache_kwarg = cache_kwarg(self.hf_llm.get_decoder().forward)
         self._prompt_cache: dict[str, list[int]] = {}
