@@ -444,6 +444,7 @@ def diagnose_cmd(
     batch_size: int = typer.Option(16, help="Utterances per batch (the rolled audio comes from the same batch)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     llm: Path | None = typer.Option(None, help="The LLM, when it moved since training (same content hash)."),
+    config: Path | None = ConfigOption,
 ) -> None:
     """Does the model use its audio? Loss with true / rolled / no audio, embedding norms and similarity, and
     distinct hypotheses per language."""
