@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 from speechllm_cli.data.kaldi_dir import read_table
 from speechllm_cli.models.audio_use import (
-    audio_dependence,
     derived_metrics,
     embedding_stats,
+    embeddings_dependence,
     row_norms,
     utterance_means,
 )
@@ -82,11 +82,12 @@ def diagnose(model: str | os.PathLike, data: str | os.PathLike, decode_dir: str 
         tasks = [task if task != "auto" else ("asr" if e["lang"] in asr_langs else "st") for e in examples]
         prompts = [speech_llm.prompt_ids(t) for t in tasks]
         targets = [speech_llm.encode_target(e[TARGET_FIELDS[target]]) for e in examples]
-        for name, (value, count) in audio_dependence(speech_llm, padded, feat_lens, prompts, targets).items():
+        audio_embeds, audio_lens = speech_llm.encode_audio(padded, feat_lens)  # (B, A, H), (B,)
+        stats = embeddings_dependence(speech_llm, audio_embeds, audio_lens, prompts, targets)
+        for name, (value, count) in stats.items():
             total = totals.setdefault(name, [0.0, 0.0])
             total[0] += value
             total[1] += count
-        audio_embeds, audio_lens = speech_llm.encode_audio(padded, feat_lens)
         means.append(utterance_means(audio_embeds, audio_lens))
         norms.append(row_norms(audio_embeds, audio_lens))
     metrics = derived_metrics({k: v / c for k, (v, c) in totals.items() if c > 0 and k != "audio_cosine"})

@@ -85,6 +85,12 @@ def audio_dependence(model, feats, feat_lens, prompt_ids, target_ids) -> Stats:
     """Loss and accuracy of a batch with its true audio, rolled audio and no audio, plus the audio embeddings'
     mean row norm and the mean pairwise cosine of the utterances' mean vectors; (sum, count) per metric."""
     audio_embeds, audio_lens = model.encode_audio(feats, feat_lens)  # (B, A, H), (B,)
+    return embeddings_dependence(model, audio_embeds, audio_lens, prompt_ids, target_ids)
+
+
+@torch.no_grad()
+def embeddings_dependence(model, audio_embeds, audio_lens, prompt_ids, target_ids) -> Stats:
+    """``audio_dependence`` of audio embeddings (B, A, H) and lengths (B,) the model has encoded already."""
     stats = _loss_stats(model, audio_embeds, audio_lens, prompt_ids, target_ids, "")
     batch = audio_embeds.shape[0]
     if batch > 1:
