@@ -60,17 +60,16 @@ def _batches(dataset, batch_size: int) -> list[list[int]]:
 def diagnose(model: str | os.PathLike, data: str | os.PathLike, decode_dir: str | os.PathLike | None = None,
              batch_size: int = 16, device: str = "cpu", llm_path: str | os.PathLike | None = None) -> dict:
     """The audio-use report of the speech LLM in ``model`` (an experiment or model dir) on the dump dir ``data``."""
-    from speechllm_cli.decode.decode import resolve_model_dir
+    from speechllm_cli.decode.decode import resolve_model_dir, trained_task_choice
     from speechllm_cli.models.speech_llm_io import load_speech_llm, read_record
     from speechllm_cli.train.dataset import DumpDataset
     from speechllm_cli.train.speechllm_task import TARGET_FIELDS
 
     model_dir = resolve_model_dir(model)
-    trained = read_record(model_dir).get("extra", {})
-    task, asr_langs = trained.get("task", "auto"), trained.get("asr_langs", ["en"])
-    target = trained.get("target", "text")
+    task, asr_langs = trained_task_choice(model_dir, None, None)  # None: per utterance from utt2lang
+    target = read_record(model_dir).get("extra", {}).get("target", "text")
     speech_llm = load_speech_llm(model_dir, device=device, llm_path=llm_path).eval()
-    dataset = DumpDataset(data, require=(target, "utt2lang") if task == "auto" else (target,))
+    dataset = DumpDataset(data, require=(target, "utt2lang") if task is None else (target,))
 
     totals: dict[str, list[float]] = {}
     means, norms = [], []
@@ -79,7 +78,7 @@ def diagnose(model: str | os.PathLike, data: str | os.PathLike, decode_dir: str 
         feats = [torch.from_numpy(e["feats"]) for e in examples]
         feat_lens = torch.tensor([len(f) for f in feats], device=device)
         padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(device)  # (B, T, 80)
-        tasks = [task if task != "auto" else ("asr" if e["lang"] in asr_langs else "st") for e in examples]
+        tasks = [task or ("asr" if e["lang"] in asr_langs else "st") for e in examples]
         prompts = [speech_llm.prompt_ids(t) for t in tasks]
         targets = [speech_llm.encode_target(e[TARGET_FIELDS[target]]) for e in examples]
         audio_embeds, audio_lens = speech_llm.encode_audio(padded, feat_lens)  # (B, A, H), (B,)

@@ -64,10 +64,9 @@ class SpeechLLMExperiment:
 class SpeechLLMTask(Task):
     """Batches of fbank + prompt ids + target ids; loss = SpeechLLM's target-only cross-entropy."""
 
-    datasets: tuple = ()  # the train/valid DumpDatasets; build_model drops their examples over the LLM's context
-
-    def __init__(self, config: SpeechLLMExperiment):
+    def __init__(self, config: SpeechLLMExperiment, datasets: tuple = ()):
         self.config = config
+        self.datasets = datasets  # train/valid DumpDatasets: build_model drops their examples over the LLM's context
         self.model_type = config.model_type  # model_info.json's model_type
         self.prompt_ids: dict[str, list[int]] = {}  # task -> prompt ids; set by build_model (needs the tokenizer)
         self.tokenizer = None
@@ -167,8 +166,7 @@ def train_speechllm(
     require = (exp.target, "utt2lang") if exp.task == "auto" else (exp.target,)
     train_set = DumpDataset(train_dir, require=require)
     valid_set = DumpDataset(valid_dir, require=require) if valid_dir else None
-    task = SpeechLLMTask(exp)
-    task.datasets = (train_set, valid_set)
+    task = SpeechLLMTask(exp, datasets=(train_set, valid_set))
     return Trainer(task, train_set, valid_set, exp.train, out_dir, resolved_config=exp).run(resume)
 
 
