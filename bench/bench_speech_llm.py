@@ -4,8 +4,11 @@ Usage:
     .venv/bin/python bench/bench_speech_llm.py          # random compressor; SmolLM2 exported to /tmp/smollm2_hf
     .venv/bin/python bench/bench_speech_llm.py --threads 2 \
         --ctc-model-dir egs/covost2/exp/ctc_compressor --dump-dir egs/covost2/dump/dev
+    .venv/bin/python bench/bench_speech_llm.py --config egs/covost2/conf/tuning/adapter_qformer.yaml   # its adapter
 
-The SpeechLLM step (compressor + compression + audio encoder + LLM with LoRA, forward + backward + AdamW) runs on
+The model's front-end compression, adapter and label table come from ``--config`` (a recipe training config; default
+the recipe's conf/train_speechllm.yaml). The SpeechLLM step (compressor + compression + adapter + LLM with LoRA,
+forward + backward + AdamW) runs on
 ``--batch`` real utterances of similar length from ``--dump-dir`` (else random fbank of ~``--seconds`` s, lengths
 80-100 % of it) and random targets of ``--target-tokens`` tokens. The bare step
 runs the same LLM with the same LoRA on random inputs_embeds as long as the SpeechLLM's LLM inputs, with HF's own
@@ -26,9 +29,13 @@ import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
 
+from speechllm_cli.models.frontends.ctc_compressor import CTCCompressorFrontEnd, CTCCompressorFrontEndConfig
 from speechllm_cli.models.llm import export_llm, find_embedded_gguf, load_llm
 from speechllm_cli.models.speech_llm import SpeechLLM, SpeechLLMConfig
 from speechllm_cli.models.subsampling import subsampled_lengths
+from speechllm_cli.utils.config import read_yaml
+
+RECIPE_CONFIG = Path(__file__).resolve().parents[1] / "egs" / "covost2" / "conf" / "train_speechllm.yaml"
 
 FRAMES_PER_SECOND = 100  # 10 ms fbank shift
 ESPEAK_SENTENCES = [
@@ -43,16 +50,16 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def make_compressor(ctc_model_dir: str | None, device: str):
+def make_frontend(ctc_model_dir: str | None, compression: str, device: str):
+    """(the ctc_compressor front-end, whether its compressor is trained)."""
+    config = CTCCompressorFrontEndConfig(dir=ctc_model_dir or "", compression=compression)
     if ctc_model_dir:
-        from speechllm_cli.models.ctc_compressor_io import load_ctc_compressor
-
-        compressor, _ = load_ctc_compressor(ctc_model_dir, device)
-        return compressor, True
+        return CTCCompressorFrontEnd.from_config(config, device), True
     from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConfig
 
     torch.manual_seed(0)
-    return CTCCompressor(CTCCompressorConfig(vocab_size=500)).to(device).eval(), False
+    compressor = CTCCompressor(CTCCompressorConfig(vocab_size=500)).to(device).eval()
+    return CTCCompressorFrontEnd(config, compressor, [f"<{i}>" for i in range(500)]), False
 
 
 def timed_batch(args, generator):
@@ -134,7 +141,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=3.0, help="audio per utterance")
     parser.add_argument("--target-tokens", type=int, default=16)
-    parser.add_argument("--compression", default="frame_average")
+    parser.add_argument("--config", default=str(RECIPE_CONFIG), help="recipe training config: model.frontend "
+                        "compression, model.adapter and model.label_embeddings come from it")
+    parser.add_argument("--compression", default=None, help="override the config's model.frontend.compression")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
@@ -153,9 +162,13 @@ def main() -> None:
     llm, tokenizer = load_llm(llm_dir, args.dtype, device)
     print(f"reload {llm_dir}: {time.perf_counter() - start:.2f} s")
 
-    compressor, trained = make_compressor(args.ctc_model_dir, device)
-    config = SpeechLLMConfig(llm=str(llm_dir), dtype=args.dtype, compression=args.compression)
-    model = SpeechLLM(config, compressor, llm, tokenizer).to(device).train()
+    recipe = read_yaml(args.config)["model"]
+    args.compression = args.compression or recipe["frontend"].get("compression", "frame_average")
+    frontend, trained = make_frontend(args.ctc_model_dir, args.compression, device)
+    config = SpeechLLMConfig(llm=str(llm_dir), dtype=args.dtype, frontend=frontend.config, adapter=recipe["adapter"],
+                             label_embeddings=recipe.get("label_embeddings", False))
+    model = SpeechLLM(config, frontend, llm, tokenizer).to(device).train()
+    audio_params = sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and "lora_" not in name)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     generator = torch.Generator().manual_seed(0)
@@ -223,7 +236,8 @@ def main() -> None:
     llm_padding = 1 - tokens / (args.batch * length)
     print(f"device {device}, threads {args.threads}, dtype {args.dtype}, batch {args.batch} utterances, "
           f"{audio_seconds:.1f} s of {'speech from ' + args.dump_dir if args.dump_dir else 'random fbank'}, "
-          f"compression {args.compression} (compressor: {args.ctc_model_dir or 'RANDOM weights'})")
+          f"compression {args.compression} (compressor: {args.ctc_model_dir or 'RANDOM weights'}), adapter "
+          f"{config.adapter.type} ({audio_params / 1e6:.2f}M trained parameters with the label table)")
     print(f"LLM inputs {tokens} positions (longest {length}); padding {feat_padding:.1%} of fbank frames, "
           f"{llm_padding:.1%} of LLM positions")
     print(f"SpeechLLM train step: {speech_s * 1000:.0f} ms, {tokens / speech_s:.0f} tokens/s, "
@@ -243,7 +257,7 @@ def main() -> None:
     print(f"  plain 4x subsampling: {subsampled_lengths(speech_lens).sum().item() / seconds:.1f}")
     modes = ("none", "frame_average", "blank_remove") if trained else ("none",)
     for mode in modes:
-        model.config.compression = mode
+        model.frontend.config.compression = mode
         lens = speech_llm_input_lengths(model, speech, speech_lens).float().sum().item()
         print(f"  {mode}: {lens / seconds:.1f}")
     if not trained:

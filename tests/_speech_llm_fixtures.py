@@ -113,20 +113,43 @@ def feats_batch(indices=(0, 1, 2)) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.nn.utils.rnn.pad_sequence(chosen, batch_first=True), lens
 
 
-def make_model(llm_dir: Path, compressor=None, seed: int = 0, encoder_label_pieces=None, **overrides):
-    """A SpeechLLM on the tiny LLaMA in ``llm_dir`` with a tiny audio encoder (eval mode, dropout 0); with
-    ``encoder_label_pieces`` (the compressor's CTC pieces) the encoder has a label table initialised from them."""
-    from speechllm_cli.models.audio_encoder import AudioEncoderConfig
+TINY_ADAPTER = {"type": "transformer", "num_layers": 1, "d_model": 32, "num_heads": 2, "ff_dim": 64, "dropout": 0.0}
+
+
+def tiny_frontend(compressor=None, compression: str = "frame_average", pieces=None):
+    """The ctc_compressor front-end over ``compressor`` (default: tiny_compressor()), given as a module."""
+    from speechllm_cli.models.frontends.ctc_compressor import CTCCompressorFrontEnd, CTCCompressorFrontEndConfig
+
+    compressor = compressor if compressor is not None else tiny_compressor()
+    return CTCCompressorFrontEnd(CTCCompressorFrontEndConfig(compression=compression), compressor, pieces)
+
+
+def make_model(llm_dir: Path, compressor=None, seed: int = 0, label_pieces=None, compression: str = "frame_average",
+               adapter: dict | None = None, **overrides):
+    """A SpeechLLM on the tiny LLaMA in ``llm_dir`` with a tiny adapter (default: a 1-layer Transformer; eval mode,
+    dropout 0); with ``label_pieces`` (the compressor's CTC pieces) it has a label table initialised from them."""
     from speechllm_cli.models.llm import load_llm
     from speechllm_cli.models.speech_llm import SpeechLLM, SpeechLLMConfig
 
-    encoder = AudioEncoderConfig(num_layers=1, d_model=32, num_heads=2, ff_dim=64, dropout=0.0,
-                                 label_embeddings=encoder_label_pieces is not None)
-    config = SpeechLLMConfig(llm=str(llm_dir), encoder=encoder, **overrides)
+    config = SpeechLLMConfig(llm=str(llm_dir), adapter=dict(adapter or TINY_ADAPTER),
+                             label_embeddings=label_pieces is not None, **overrides)
+    config.frontend.compression = compression
     llm, tokenizer = load_llm(llm_dir, attn_implementation=config.attn_implementation)
     torch.manual_seed(seed)
-    compressor = compressor if compressor is not None else tiny_compressor()
-    return SpeechLLM(config, compressor, llm, tokenizer, ctc_pieces=encoder_label_pieces).eval()
+    frontend = tiny_frontend(compressor, compression, label_pieces)
+    return SpeechLLM(config, frontend, llm, tokenizer).eval()
+
+
+def greedy(model, feats, feat_lens, tasks, max_new_tokens: int) -> list[list[int]]:
+    """Greedy token ids per utterance (end token left out; at most ``max_new_tokens``) through the production
+    decoding path: decoding_prefix + LLMScorer + search."""
+    from speechllm_cli.decode.llm_scorer import LLMScorer
+    from speechllm_cli.decode.search import search
+
+    with torch.no_grad():
+        prefix = model.decoding_prefix(feats, feat_lens, tasks)
+        nbest = search(LLMScorer(model.hf_llm), prefix, [max_new_tokens] * len(tasks), [model.end_id], beam=1)
+    return [hyps[0].tokens for hyps in nbest]  # end token left out
 
 
 TARGETS = ["hello world", "the cat sat on the mat", "good morning, how are you today?"]

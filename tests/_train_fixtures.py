@@ -176,21 +176,31 @@ def run_ddp_script(tmp: Path, corpus: dict, grad_config: Path, train_config: Pat
 
 
 def save_random_ctc_dir(ctc_dir: Path, corpus: dict[str, Path], seed: int = 0) -> Path:
-    """A CTC compressor dir as train_ctc leaves it (config.yaml + model.safetensors), with random tiny weights and
-    the corpus's real CMVN statistics."""
+    """A CTC compressor dir as train_ctc leaves it (model.yaml, tokenizer/, model.safetensors), with random tiny
+    weights and the corpus's real CMVN statistics."""
     import torch
-    from safetensors.torch import save_file
 
     from speechllm_cli.features.cmvn import read_cmvn_stats
     from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConfig
     from speechllm_cli.text.tokenizer import Tokenizer
-    from speechllm_cli.train.ctc_task import CTCExperimentConfig
-    from speechllm_cli.utils.config import dump_config
 
     tokenizer = Tokenizer.load(corpus["tokenizer"])
-    model_config = CTCCompressorConfig(**TINY_MODEL, vocab_size=tokenizer.vocab_size)
-    dump_config(ctc_dir / "config.yaml", CTCExperimentConfig(tokenizer=str(corpus["tokenizer"]), model=model_config))
     torch.manual_seed(seed)
+    model_config = CTCCompressorConfig(**TINY_MODEL, vocab_size=tokenizer.vocab_size)
     compressor = CTCCompressor(model_config, cmvn_stats=read_cmvn_stats(corpus["train"] / "cmvn.ark"))
+    return save_ctc_dir(ctc_dir, compressor, corpus["tokenizer"])
+
+
+def save_ctc_dir(ctc_dir: Path, compressor, token_dir: Path) -> Path:
+    """Save ``compressor`` (a CTCCompressor) with its token list dir as a CTC compressor model dir."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from speechllm_cli.models.ctc_compressor_io import write_ctc_record
+
+    ctc_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(token_dir, ctc_dir / "tokenizer", dirs_exist_ok=True)
     save_file(compressor.state_dict(), ctc_dir / "model.safetensors")
+    write_ctc_record(ctc_dir, compressor.config)
     return ctc_dir

@@ -19,9 +19,9 @@ from speechllm_cli.train.speechllm_task import SpeechLLMTask, load_experiment
 from speechllm_cli.utils.config import ConfigError, read_yaml, to_plain
 
 CONF = Path(__file__).resolve().parents[1] / "egs" / "covost2" / "conf"
-ABLATIONS = sorted((CONF / "tuning").glob("ablation_*.yaml"))
-TINY_ENCODER = {"model.encoder.num_layers": 1, "model.encoder.d_model": 32, "model.encoder.num_heads": 2,
-                "model.encoder.ff_dim": 64}
+ABLATIONS = sorted((CONF / "tuning").glob("ablation_*.yaml")) + sorted((CONF / "tuning").glob("adapter_*.yaml"))
+TINY_TRANSFORMER = {"model.adapter.num_layers": 1, "model.adapter.d_model": 32, "model.adapter.num_heads": 2,
+                    "model.adapter.ff_dim": 64}
 
 
 def _flatten(mapping: dict, prefix: str = "") -> dict:
@@ -52,7 +52,7 @@ def setup(tmp_path_factory):
 def test_there_are_ablations_of_every_kind():
     names = {path.stem.removeprefix("ablation_") for path in ABLATIONS}
     assert {"compression_blank_remove", "compression_none", "encoder_causal", "llm_audio_bidirectional",
-            "lora_rank0", "lora_rank8"} <= names
+            "lora_rank0", "lora_rank8", "adapter_stack_mlp", "adapter_conv", "adapter_qformer"} <= names
 
 
 @pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.stem)
@@ -62,13 +62,16 @@ def test_ablation_changes_only_what_it_names(path):
     overlay = _flatten(read_overlay(path))
     changed = {key for key in merged if merged[key] != base.get(key)}
     assert changed and changed == {key for key in overlay if overlay[key] != base.get(key)}
-    assert set(merged) == set(base) | set(overlay)
+    replaced = {key.removesuffix("type") for key in overlay if key.endswith(".type") and overlay[key] != base[key]}
+    kept = {key for key in base if not any(key.startswith(section) for section in replaced)}  # a new type: new keys
+    assert set(merged) == kept | set(overlay)
 
 
 @pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.stem)
 def test_ablation_config_trains_one_step(setup, path):
     corpus, ctc_dir, llm = setup
-    exp = load_experiment(path, {"compressor_dir": str(ctc_dir), "model.llm": str(llm), **TINY_ENCODER})
+    tiny = TINY_TRANSFORMER if read_yaml(path)["model"]["adapter"]["type"] == "transformer" else {}
+    exp = load_experiment(path, {"model.frontend.dir": str(ctc_dir), "model.llm": str(llm), **tiny})
     expected = _flatten(read_overlay(path).get("model", {}))
     actual = _flatten(to_plain(exp.model))
     assert all(actual[key] == value for key, value in expected.items() if key != "llm")
@@ -85,13 +88,13 @@ def test_ablation_config_trains_one_step(setup, path):
     assert torch.isfinite(loss) and stats["loss"][1] == 3
     changed = {name for name, p in model.named_parameters()
                if name in trainable and not torch.equal(p, trainable[name])}
-    assert any(name.startswith("encoder.") for name in changed)
+    assert any(name.startswith("adapter.") for name in changed)
     has_lora = any("lora_" in name for name in changed)
     assert has_lora == (exp.model.lora.rank > 0)
 
 
 def test_base_cycle_is_an_error(tmp_path):
-    (tmp_path / "a.yaml").write_text("base: b.yaml\nmodel: {compression: none}\n")
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nmodel: {label_embeddings: false}\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         read_yaml(tmp_path / "a.yaml")

@@ -14,7 +14,6 @@ from _train_fixtures import build_corpus, save_random_ctc_dir
 from typer.testing import CliRunner
 
 from speechllm_cli.cli import app
-from speechllm_cli.models.audio_encoder import AudioEncoder, AudioEncoderConfig, init_label_table
 from speechllm_cli.models.audio_use import (
     audio_dependence,
     mean_pairwise_cosine,
@@ -22,6 +21,7 @@ from speechllm_cli.models.audio_use import (
     shared_energy,
     utterance_means,
 )
+from speechllm_cli.models.label_table import LabelTable
 from speechllm_cli.train.speechllm_task import train_speechllm
 
 
@@ -40,25 +40,25 @@ def test_similarity_figures():
 def test_label_table_starts_as_the_llm_embeddings_of_each_piece(tmp_path):
     llm = save_tiny_llm(tmp_path / "llm")
     pieces = ["<blank>", "<unk>", "\u2581the", "cat", "\u2581mat"]
-    model = make_model(llm, tiny_compressor(vocab_size=len(pieces)), encoder_label_pieces=pieces)
-    table = model.encoder.label_table
+    model = make_model(llm, tiny_compressor(vocab_size=len(pieces)), label_pieces=pieces)
+    table = model.label_table.weight
     embeddings = model.hf_llm.get_input_embeddings().weight
     assert torch.equal(table[0], torch.zeros_like(table[0])) and torch.equal(table[1], torch.zeros_like(table[1]))
     ids = model.tokenizer(" the", add_special_tokens=False).input_ids
     assert torch.allclose(table[2], embeddings[ids].mean(0))
-    # a fresh encoder hands the LLM exactly the posterior-weighted table rows (its Transformer branch starts at 0)
-    posteriors = torch.zeros(1, 2, len(pieces))
-    posteriors[0, 0, 3], posteriors[0, 1, 4] = 1.0, 1.0
-    out = model.encoder(torch.randn(1, 2, 32), torch.tensor([2]), posteriors)
-    assert torch.allclose(out[0], table[[3, 4]], atol=1e-6)
+    # a fresh model hands the LLM exactly the posterior-weighted table rows (its adapter starts at 0)
+    assert not model.adapter.output_proj.weight.any()
+    feats, lens = feats_batch((0,))
+    out = model.frontend(feats, lens, with_posteriors=True)
+    embeds, _ = model.encode_audio(feats, lens)
+    assert torch.allclose(embeds[0], out.posteriors[0] @ table, atol=1e-6)
 
 
 def test_label_table_size_mismatch_is_an_error():
-    encoder = AudioEncoder(AudioEncoderConfig(label_embeddings=True), input_dim=8, llm_dim=4, num_labels=3)
     with pytest.raises(ValueError, match="2 CTC pieces for a label table of 3 rows"):
-        init_label_table(encoder, ["<blank>", "a"], None, torch.zeros(5, 4))
-    with pytest.raises(ValueError, match="pass the CTC label posteriors"):
-        encoder(torch.zeros(1, 2, 8), torch.tensor([2]))
+        LabelTable(3, 4).init_from_pieces(["<blank>", "a"], None, torch.zeros(5, 4))
+    with pytest.raises(ValueError, match="CTC label posteriors"):
+        LabelTable(0, 4)
 
 
 def test_audio_dependence_stats_on_a_batch(tmp_path):
@@ -104,10 +104,10 @@ def test_overfitting_a_few_utterances_needs_their_audio(corpus, tmp_path, label_
     utts = [line.split()[0] for line in (train_dir / "text").read_text(encoding="utf-8").splitlines()]
     (train_dir / "text").write_text("".join(f"{u} {w}\n" for u, w in zip(utts, WORDS)), encoding="utf-8")
     config = {
-        "compressor_dir": str(ctc_dir), "task": "asr", "target": "text",
-        "model": {"llm": str(llm), "compression": "none",
-                  "encoder": {"num_layers": 1, "d_model": 32, "num_heads": 2, "ff_dim": 64, "dropout": 0.0,
-                              "label_embeddings": label_embeddings},
+        "task": "asr", "target": "text",
+        "model": {"llm": str(llm), "frontend": {"dir": str(ctc_dir), "compression": "none"},
+                  "adapter": {"num_layers": 1, "d_model": 32, "num_heads": 2, "ff_dim": 64, "dropout": 0.0},
+                  "label_embeddings": label_embeddings,
                   "lora": {"rank": 0}, "train_llm": True},  # a random tiny LLaMA learns only when it trains
         "train": {"batch_frames": 4000, "max_batch_size": 4, "epochs": 15, "lr": 3e-3, "warmup_steps": 2,
                   "scheduler": "constant", "seed": 0, "log_interval": 10},

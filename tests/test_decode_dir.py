@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from speechllm_cli.data.kaldi_dir import DataDir, DataDirError, read_table
-from speechllm_cli.decode.decode import DecodeOptions, decode_data_dir, speech_prefixes
+from speechllm_cli.decode.decode import DecodeOptions, decode_data_dir, pad_feats
 from speechllm_cli.decode.decode_io import PartialOutput, read_nbest
 from speechllm_cli.decode.llm_scorer import LLMScorer, eos_ids_for
-from speechllm_cli.decode.search import Hypothesis, greedy_search, search
+from speechllm_cli.decode.search import Hypothesis, search
 
 UTTS = {"spkA-u1": ("en", "hello world"), "spkA-u2": ("fr", "the cat sat on the mat"),
         "spkB-u3": ("de", "good morning, how are you today?")}
@@ -80,17 +80,6 @@ def make_dump_dir(path, feats):
     return path
 
 
-def test_speech_prefixes_decode_like_the_model(speech_model, feats):
-    utts = list(UTTS)
-    tasks = ["asr", "st", "st"]
-    prefixes = speech_prefixes(speech_model, [feats[u] for u in utts], tasks)
-    ours = greedy_search(LLMScorer(speech_model.hf_llm), prefixes, [8] * 3, [speech_model.end_id])
-    padded = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(feats[u]) for u in utts], batch_first=True)
-    lens = torch.tensor([len(feats[u]) for u in utts])
-    theirs = speech_model.greedy_decode(padded, lens, [speech_model.prompt_ids(t) for t in tasks], max_new_tokens=8)
-    assert [h[0].tokens for h in ours] == theirs
-
-
 def test_decode_dir_outputs(speech_model, feats, tmp_path):
     dump = make_dump_dir(tmp_path / "dump", feats)
     options = DecodeOptions(beam=3, nbest=3, max_new_tokens=8)
@@ -101,7 +90,7 @@ def test_decode_dir_outputs(speech_model, feats, tmp_path):
     assert read_table(out / "utt2lang") == {u: lang for u, (lang, _) in UTTS.items()}
     # the hypotheses are what the search gives on the same prefixes (ASR prompt for en, ST otherwise)
     scorer = LLMScorer(speech_model.hf_llm)
-    prefixes = speech_prefixes(speech_model, [feats[u] for u in sorted(UTTS)], ["asr", "st", "st"])
+    prefixes = speech_model.decoding_prefix(*pad_feats([feats[u] for u in sorted(UTTS)], "cpu"), ["asr", "st", "st"])
     vocab = speech_model.tokenizer.get_vocab()
     eos = eos_ids_for(speech_model.tokenizer)
     assert eos == sorted({vocab["<|im_end|>"], vocab["<|endoftext|>"]}) and speech_model.end_id in eos
@@ -159,29 +148,25 @@ def test_decode_resumes_after_a_failure(speech_model, feats, tmp_path):
 @pytest.fixture(scope="module")
 def saved_model_dir(tmp_path_factory, feats):
     """A speech-LLM saved to disk (tiny LLaMA, tiny random CTC compressor dir), as `speechllm decode` loads it."""
-    from _speech_llm_fixtures import save_tiny_llm
-    from safetensors.torch import save_file
+    from _speech_llm_fixtures import TINY_ADAPTER, save_tiny_llm
+    from _train_fixtures import save_ctc_dir
 
-    from speechllm_cli.models.audio_encoder import AudioEncoderConfig
     from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConfig
     from speechllm_cli.models.speech_llm import SpeechLLMConfig
     from speechllm_cli.models.speech_llm_io import build_speech_llm, save_speech_llm
     from speechllm_cli.text.tokenizer import Tokenizer, train_tokenizer
-    from speechllm_cli.train.ctc_task import CTCExperimentConfig
-    from speechllm_cli.utils.config import dump_config
 
     root = tmp_path_factory.mktemp("saved")
     (root / "text").write_text("".join(f"{u} {t}\n" for u, (_, t) in UTTS.items()), encoding="utf-8")
     token_dir = train_tokenizer([root / "text"], root / "token_list", vocab_size=20, model_type="char")
     model_config = CTCCompressorConfig(d_model=32, num_heads=2, ff_dim=64, num_layers=1, dropout=0.0,
                                        vocab_size=Tokenizer.load(token_dir).vocab_size)
-    dump_config(root / "ctc" / "config.yaml", CTCExperimentConfig(tokenizer=str(token_dir), model=model_config))
     torch.manual_seed(0)
-    save_file(CTCCompressor(model_config).state_dict(), root / "ctc" / "model.safetensors")
-    config = SpeechLLMConfig(llm=str(save_tiny_llm(root / "llm")), compression="none", use_chat_template=True,
-                             audio_attention="bidirectional",
-                             encoder=AudioEncoderConfig(num_layers=1, d_model=32, num_heads=2, ff_dim=64, dropout=0.0))
-    return save_speech_llm(build_speech_llm(config, root / "ctc"), root / "model")
+    save_ctc_dir(root / "ctc", CTCCompressor(model_config), token_dir)
+    config = SpeechLLMConfig(llm=str(save_tiny_llm(root / "llm")), use_chat_template=True,
+                             frontend={"dir": str(root / "ctc"), "compression": "none"},
+                             audio_attention="bidirectional", adapter=TINY_ADAPTER)
+    return save_speech_llm(build_speech_llm(config), root / "model")
 
 
 # ~15 s: two job processes each load torch, transformers and the tiny model

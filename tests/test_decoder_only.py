@@ -11,13 +11,23 @@ import pytest
 import sentencepiece as spm
 import torch
 import yaml
-from _speech_llm_fixtures import feats_batch, make_model, save_tiny_llm, tiny_compressor
+from _speech_llm_fixtures import (
+    TINY_ADAPTER,
+    feats_batch,
+    greedy,
+    make_model,
+    save_tiny_llm,
+    tiny_compressor,
+    tiny_frontend,
+)
 from _train_fixtures import SENTENCES, build_corpus, save_random_ctc_dir
 from speech_synth import requires_espeak
 from typer.testing import CliRunner
 
 from speechllm_cli.cli import app
 from speechllm_cli.models.llm import load_llm
+from speechllm_cli.models.load import load_model
+from speechllm_cli.models.model_dir import read_model_record
 from speechllm_cli.models.speech_llm import LoraSettings, SpeechLLMConfig
 from speechllm_cli.models.speech_llm_io import load_speech_llm, save_speech_llm
 from speechllm_cli.text.tokenizer import Tokenizer, train_tokenizer
@@ -133,17 +143,17 @@ def _batch(model):
 
 
 @requires_espeak
-def test_every_llm_and_encoder_weight_gets_a_gradient_the_compressor_none(scratch):
+def test_every_llm_and_adapter_weight_gets_a_gradient_the_frontend_none(scratch):
     model = _decoder_only(scratch[1]).train()
     loss, _ = model(*_batch(model))
     loss.backward()
     llm = dict(model.hf_llm.named_parameters())
-    encoder = dict(model.encoder.named_parameters())
-    assert llm and encoder
-    for name, param in {**llm, **encoder}.items():
+    adapter = dict(model.adapter.named_parameters())
+    assert llm and adapter
+    for name, param in {**llm, **adapter}.items():
         assert param.requires_grad and param.grad is not None and param.grad.abs().sum() > 0, name
-    assert all(p.grad is None and not p.requires_grad for p in model.compressor.parameters())
-    assert set(model.trainable_state_dict()) == {f"llm.{k}" for k in llm} | {f"encoder.{k}" for k in encoder}
+    assert all(p.grad is None and not p.requires_grad for p in model.frontend.parameters())
+    assert set(model.trainable_state_dict()) == {f"llm.{k}" for k in llm} | {f"adapter.{k}" for k in adapter}
 
 
 @requires_espeak
@@ -158,16 +168,16 @@ def test_save_load_round_trip_restores_the_trained_llm(scratch, tmp_path):
         optimizer.step()
     model.eval()
     out = save_speech_llm(model, tmp_path / "model")
-    assert (out / "llm.safetensors").is_file() and not (out / "adapter").exists()
-    loaded = load_speech_llm(out, compressor=compressor)
+    assert (out / "llm.safetensors").is_file() and not (out / "lora").exists()
+    loaded = load_speech_llm(out, frontend=tiny_frontend(compressor))
     initial, _ = load_llm(scratch[1])
     for name, param in loaded.hf_llm.named_parameters():
         assert torch.equal(param, dict(model.hf_llm.named_parameters())[name]), name
     assert not torch.equal(loaded.hf_llm.model.embed_tokens.weight, initial.model.embed_tokens.weight)
     with torch.no_grad():
         assert torch.equal(model(*batch)[0], loaded(*batch)[0])
-    feats, feat_lens, prompts, _ = batch
-    assert loaded.greedy_decode(feats, feat_lens, prompts, 6) == model.greedy_decode(feats, feat_lens, prompts, 6)
+    feats, feat_lens, _, _ = batch
+    assert greedy(loaded, feats, feat_lens, ["asr"] * 3, 6) == greedy(model, feats, feat_lens, ["asr"] * 3, 6)
 
 
 def test_train_llm_with_lora_is_an_error():
@@ -186,10 +196,9 @@ def corpus_setup(tmp_path_factory, scratch):
     corpus = build_corpus(root)
     save_random_ctc_dir(root / "ctc", corpus)
     config = {
-        "model_type": "decoder_only", "compressor_dir": str(root / "ctc"), "task": "asr", "target": "text.src",
+        "model_type": "decoder_only", "task": "asr", "target": "text.src",
         "model": {"llm": str(scratch[1]), "train_llm": True, "lora": {"rank": 0}, "prompts": PROMPTS,
-                  "separator": "", "encoder": {"num_layers": 1, "d_model": 32, "num_heads": 2, "ff_dim": 64,
-                                               "dropout": 0.0}},
+                  "separator": "", "frontend": {"dir": str(root / "ctc")}, "adapter": TINY_ADAPTER},
         "train": {"batch_frames": 1600, "max_batch_size": 4, "epochs": 1, "lr": 3e-3, "warmup_steps": 1,
                   "scheduler": "constant", "seed": 1, "log_interval": 1},
     }
@@ -206,8 +215,9 @@ def test_decoder_only_trains_and_records_its_model_type(corpus_setup, tmp_path):
     assert (model_dir / "llm.safetensors").is_file()
     checkpoint = sorted((out / "checkpoints").glob("step*.pt"))[-1]
     saved = torch.load(checkpoint, weights_only=True)["model"]
-    assert any(k.startswith("llm.model.layers.") for k in saved) and any(k.startswith("encoder.") for k in saved)
-    assert load_speech_llm(model_dir).config.train_llm
+    assert any(k.startswith("llm.model.layers.") for k in saved) and any(k.startswith("adapter.") for k in saved)
+    loaded = load_model(model_dir)
+    assert loaded.config.train_llm and read_model_record(model_dir)["model_type"] == "decoder_only"
 
 
 def test_decoder_only_needs_train_llm_and_no_lora(corpus_setup):

@@ -12,15 +12,23 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from _speech_llm_fixtures import make_model, save_tiny_llm, speech_feats, tiny_compressor, tiny_llama
+from _speech_llm_fixtures import (
+    TINY_ADAPTER,
+    make_model,
+    save_tiny_llm,
+    speech_feats,
+    tiny_compressor,
+    tiny_frontend,
+    tiny_llama,
+)
 from _train_fixtures import build_corpus, save_random_ctc_dir, write_config
 from safetensors.torch import load_file, save_file
 from speech_synth import requires_espeak
 
-from speechllm_cli.decode.decode import DecodeOptions, decode_data_dir, speech_prefixes
+from speechllm_cli.decode.decode import DecodeOptions, decode_data_dir, pad_feats
 from speechllm_cli.decode.decode_io import read_nbest
 from speechllm_cli.models.speech_llm import LoraSettings
-from speechllm_cli.models.speech_llm_io import AdapterMismatchError, load_speech_llm, save_speech_llm
+from speechllm_cli.models.speech_llm_io import LoraMismatchError, load_speech_llm, save_speech_llm
 from speechllm_cli.train.checkpoint import load_checkpoint
 from speechllm_cli.train.context_limit import drop_over_context, sequence_bounds
 from speechllm_cli.train.dataset import DumpDataset
@@ -64,7 +72,8 @@ def make_dump_dir(path, feats: dict[str, np.ndarray]):
 def test_decoding_caps_each_output_at_the_llms_context(llm_dir, tmp_path, caplog):
     model = make_model(llm_dir, use_chat_template=True)
     feats = dict(zip(UTTS, speech_feats()))
-    prefixes = {u: len(e) for u, e in zip(UTTS, speech_prefixes(model, list(feats.values()), ["st"] * 3).embeds)}
+    prefix = model.decoding_prefix(*pad_feats(list(feats.values()), "cpu"), ["st"] * 3)
+    prefixes = {u: len(e) for u, e in zip(UTTS, prefix.embeds)}
     context = max(prefixes.values()) + 3  # the longest utterance has room for 3 output tokens
     model.hf_llm.config.max_position_embeddings = context
     dump = make_dump_dir(tmp_path / "dump", feats)
@@ -85,9 +94,9 @@ def test_decoding_caps_each_output_at_the_llms_context(llm_dir, tmp_path, caplog
 def test_training_skips_and_counts_examples_longer_than_the_context(corpus, tmp_path, caplog):
     from speechllm_cli.train.speechllm_task import TARGET_FIELDS, SpeechLLMTask, load_experiment
 
-    config = {"compressor_dir": str(corpus["ctc"]), "task": "asr", "target": "text.src",
-              "model": {"llm": str(save_tiny_llm(tmp_path / "llm")), "compression": "none",
-                        "encoder": {"num_layers": 1, "d_model": 32, "num_heads": 2, "ff_dim": 64}}}
+    config = {"task": "asr", "target": "text.src",
+              "model": {"llm": str(save_tiny_llm(tmp_path / "llm")),
+                        "frontend": {"dir": str(corpus["ctc"]), "compression": "none"}, "adapter": TINY_ADAPTER}}
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     task = SpeechLLMTask(load_experiment(tmp_path / "exp.yaml"))
     model = task.build_model()
@@ -121,7 +130,7 @@ def test_training_skips_and_counts_examples_longer_than_the_context(corpus, tmp_
     assert drop_over_context(model, [kept], lambda e: task.prompt_ids["asr"], TARGET_FIELDS["text.src"]) == 0
 
 
-# ----- 6. adapter keys must match the model
+# ----- 6. LoRA keys must match the model
 
 @pytest.fixture()
 def saved_model(llm_dir, tmp_path):
@@ -131,7 +140,7 @@ def saved_model(llm_dir, tmp_path):
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_()  # a trained adapter: B != 0
-    return save_speech_llm(model, tmp_path / "model"), compressor
+    return save_speech_llm(model, tmp_path / "model"), tiny_frontend(compressor)
 
 
 @pytest.mark.parametrize("tamper, message", [
@@ -141,26 +150,26 @@ def saved_model(llm_dir, tmp_path):
     (lambda s: {**s, "base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": torch.zeros(2, 64)},
      r"0 LoRA weight\(s\) missing .* 1 unexpected"),
 ])
-def test_adapter_with_missing_or_unexpected_keys_is_an_error(saved_model, tamper, message):
-    model_dir, compressor = saved_model
-    weights = model_dir / "adapter" / "adapter_model.safetensors"
-    assert load_speech_llm(model_dir, compressor=compressor) is not None  # the untouched adapter loads
+def test_lora_with_missing_or_unexpected_keys_is_an_error(saved_model, tamper, message):
+    model_dir, frontend = saved_model
+    weights = model_dir / "lora" / "adapter_model.safetensors"
+    assert load_speech_llm(model_dir, frontend=frontend) is not None  # the untouched adapter loads
     save_file(tamper(load_file(weights)), weights)
-    with pytest.raises(AdapterMismatchError, match=message) as error:
-        load_speech_llm(model_dir, compressor=compressor)
+    with pytest.raises(LoraMismatchError, match=message) as error:
+        load_speech_llm(model_dir, frontend=frontend)
     assert str(weights) in str(error.value) and "without (part of) its LoRA" in str(error.value)
 
 
-def test_adapter_config_other_than_the_record_is_an_error(saved_model):
-    model_dir, compressor = saved_model
-    adapter_config = model_dir / "adapter" / "adapter_config.json"
+def test_lora_config_other_than_the_record_is_an_error(saved_model):
+    model_dir, frontend = saved_model
+    adapter_config = model_dir / "lora" / "adapter_config.json"
     config = json.loads(adapter_config.read_text())
     config["target_modules"] = ["q_proj", "v_proj"]
     adapter_config.write_text(json.dumps(config))
-    weights = model_dir / "adapter" / "adapter_model.safetensors"
+    weights = model_dir / "lora" / "adapter_model.safetensors"
     save_file({k: v for k, v in load_file(weights).items() if "q_proj" in k or "v_proj" in k}, weights)
-    with pytest.raises(AdapterMismatchError, match=r"rank 2 on \['q_proj', 'v_proj'\], but .* records rank 2 on"):
-        load_speech_llm(model_dir, compressor=compressor)
+    with pytest.raises(LoraMismatchError, match=r"rank 2 on \['q_proj', 'v_proj'\], but .* records rank 2 on"):
+        load_speech_llm(model_dir, frontend=frontend)
 
 
 # ----- 9. pickled files: our message (which file, why, how to convert), no traceback quoting torch

@@ -24,6 +24,7 @@ from speechllm_cli.decode.decode_io import read_nbest
 from speechllm_cli.decode.search import beam_search, greedy_search
 from speechllm_cli.decode.seq2seq_scorer import FeatsBatch, Seq2SeqScorer
 from speechllm_cli.features.cmvn import read_cmvn_stats
+from speechllm_cli.models.model_dir import read_model_record
 from speechllm_cli.models.seq2seq_io import load_seq2seq
 from speechllm_cli.text.tokenizer import Tokenizer
 from speechllm_cli.train.dataset import DumpDataset
@@ -95,7 +96,7 @@ def test_train_cli_writes_a_self_contained_model_dir(trained, corpus):
     history = json.loads((trained / "history.json").read_text())["history"]
     assert len(history) == 2 and {"loss", "loss_att", "loss_ctc", "acc"} <= set(history[-1]["valid"])
     for name in ("model", "model.best", "model.avg"):
-        assert json.loads((trained / name / "model.json").read_text())["model_type"] == "seq2seq"
+        assert read_model_record(trained / name)["model_type"] == "seq2seq"
         assert sorted(p.name for p in (trained / name / "tokenizer").iterdir()) == ["bpe.model", "tokens.txt"]
     model, tokenizer = load_seq2seq(trained / "model")
     assert model.config.vocab_size == tokenizer.vocab_size + 1 == model.eos_id + 1

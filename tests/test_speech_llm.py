@@ -6,7 +6,16 @@ import time
 
 import pytest
 import torch
-from _speech_llm_fixtures import TARGETS, feats_batch, make_model, save_tiny_llm, tiny_compressor, tiny_llama
+from _speech_llm_fixtures import (
+    TARGETS,
+    feats_batch,
+    greedy,
+    make_model,
+    save_tiny_llm,
+    tiny_compressor,
+    tiny_frontend,
+    tiny_llama,
+)
 from speech_synth import requires_espeak
 
 from speechllm_cli.models.llm import find_embedded_gguf, llm_content_hash, load_llm
@@ -14,6 +23,8 @@ from speechllm_cli.models.speech_llm import IGNORE_INDEX, LoraSettings, SpeechLL
 from speechllm_cli.models.speech_llm_io import LLMMismatchError, load_speech_llm, save_speech_llm
 
 pytestmark = requires_espeak
+PIECES = ["<blank>", "<unk>"] + [f"\u2581{w}" for w in "the cat sat on mat hello world good morning how are you to"
+                                                       .split()] + ["day"]  # 16: tiny_compressor's CTC vocabulary
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +75,10 @@ def test_labels_only_on_target_and_end(llm_dir):
     {"audio_attention": "bidirectional", "attn_implementation": "eager"},
     {"use_chat_template": True},
     {"compression": "none", "lora": LoraSettings(rank=0)},
+    {"adapter": {"type": "stack_mlp", "stack": 2, "hidden_dim": 32, "dropout": 0.0}, "label_pieces": PIECES},
+    {"adapter": {"type": "conv", "stride": 2, "kernel": 3, "channels": 32, "dropout": 0.0}, "compression": "none"},
+    {"adapter": {"type": "qformer", "window": 3, "queries": 2, "num_layers": 1, "d_model": 32, "num_heads": 2,
+                 "ff_dim": 64, "dropout": 0.0}, "label_pieces": PIECES, "audio_attention": "bidirectional"},
 ])
 def test_batched_loss_is_mean_of_utterance_losses(llm_dir, overrides):
     model = make_model(llm_dir, **overrides)
@@ -145,17 +160,18 @@ def test_prefix_lm_mask_small():
     assert torch.equal(prefix_lm_mask(padding, audio)[0, 0], expected)
 
 
-def test_training_moves_only_encoder_and_lora(llm_dir):
-    model = make_model(llm_dir, lora=LoraSettings(rank=2, alpha=4.0, dropout=0.0), audio_attention="bidirectional")
+def test_training_moves_only_adapter_label_table_and_lora(llm_dir):
+    model = make_model(llm_dir, lora=LoraSettings(rank=2, alpha=4.0, dropout=0.0), audio_attention="bidirectional",
+                       label_pieces=PIECES)
     feats, feat_lens, prompts, targets = _batch(model)
     frozen = {k: v.clone() for k, v in model.hf_llm.state_dict().items() if "lora_" not in k}
-    compressor = {k: v.clone() for k, v in model.compressor.state_dict().items()}
+    compressor = {k: v.clone() for k, v in model.frontend.state_dict().items()}
     trainable = {k: v.clone() for k, v in model.named_parameters() if v.requires_grad}
-    assert trainable and all(k.startswith("encoder.") or "lora_" in k for k in trainable)
-    assert any("lora_" in k for k in trainable)
+    assert trainable and all(k.split(".")[0] in ("adapter", "label_table") or "lora_" in k for k in trainable)
+    assert any("lora_" in k for k in trainable) and "label_table.weight" in trainable
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
-    assert not model.compressor.training
+    assert not model.frontend.compressor.training
     losses = []
     for _ in range(8):
         loss, _ = model(feats, feat_lens, prompts, targets)
@@ -166,7 +182,7 @@ def test_training_moves_only_encoder_and_lora(llm_dir):
     assert losses[-1] < losses[0] - 0.3 and sorted(losses, reverse=True) == losses, losses
     after = model.hf_llm.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in frozen.items())
-    assert all(torch.equal(v, model.compressor.state_dict()[k]) for k, v in compressor.items())
+    assert all(torch.equal(v, model.frontend.state_dict()[k]) for k, v in compressor.items())
     params = dict(model.named_parameters())
     assert all(not torch.equal(v, params[k]) for k, v in trainable.items())
     assert set(model.trainable_state_dict()) == set(trainable)
@@ -187,7 +203,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(llm_dir):
 def test_rank_zero_has_no_lora(llm_dir):
     model = make_model(llm_dir, lora=LoraSettings(rank=0))
     names = [k for k, p in model.named_parameters() if p.requires_grad]
-    assert names and all(k.startswith("encoder.") for k in names)
+    assert names and all(k.startswith("adapter.") for k in names)
     assert not any("lora_" in k for k, _ in model.named_parameters())
     feats, feat_lens, prompts, targets = _batch(model)
     loss, _ = model(feats, feat_lens, prompts, targets)
@@ -205,13 +221,13 @@ def _train_a_little(model, steps=2):
     return model.eval()
 
 
-def test_saved_adapter_loads_with_peft(llm_dir, tmp_path):
+def test_saved_lora_loads_with_peft(llm_dir, tmp_path):
     from peft import PeftModel
 
     model = _train_a_little(make_model(llm_dir, lora=LoraSettings(rank=2, dropout=0.0)))
     out = save_speech_llm(model, tmp_path / "model", extra={"step": 2})
-    assert (out / "adapter" / "adapter_config.json").is_file()
-    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "lora" / "adapter_config.json").is_file()
+    assert (out / "lora" / "adapter_model.safetensors").is_file()
     feats, feat_lens, prompts, targets = _batch(model)
     with torch.no_grad():
         inputs = model.build_inputs(*model.encode_audio(feats, feat_lens), prompts, targets)
@@ -219,7 +235,7 @@ def test_saved_adapter_loads_with_peft(llm_dir, tmp_path):
         ours = model.llm(**inputs).logits
         base, _ = load_llm(llm_dir)
         bare = base(**inputs).logits
-        peft_logits = PeftModel.from_pretrained(base, out / "adapter").eval()(**inputs).logits
+        peft_logits = PeftModel.from_pretrained(base, out / "lora").eval()(**inputs).logits
     assert torch.equal(ours, peft_logits)
     assert not torch.allclose(ours, bare)
 
@@ -230,25 +246,27 @@ def test_save_load_roundtrip_and_llm_hash_check(llm_dir, tmp_path):
     model = _train_a_little(make_model(llm, compressor=compressor, audio_attention="bidirectional"))
     out = save_speech_llm(model, tmp_path / "model")
     feats, feat_lens, prompts, targets = _batch(model)
-    loaded = load_speech_llm(out, compressor=compressor)
+    loaded = load_speech_llm(out, frontend=tiny_frontend(compressor))
     assert loaded.config == model.config and not any(p.requires_grad for p in loaded.parameters())
     with torch.no_grad():
         assert torch.equal(model(feats, feat_lens, prompts, targets)[0], loaded(feats, feat_lens, prompts, targets)[0])
-    assert loaded.greedy_decode(feats, feat_lens, prompts, 4) == model.greedy_decode(feats, feat_lens, prompts, 4)
+    tasks = ["asr"] * 3
+    assert greedy(loaded, feats, feat_lens, tasks, 4) == greedy(model, feats, feat_lens, tasks, 4)
     recorded = llm_content_hash(llm)
     tiny_llama(seed=4).save_pretrained(llm)  # a different LLM where the recorded one was
     with pytest.raises(LLMMismatchError) as error:
-        load_speech_llm(out, compressor=compressor)
+        load_speech_llm(out, frontend=tiny_frontend(compressor))
     message = str(error.value)
     assert recorded in message and llm_content_hash(llm) in message and str(llm) in message
     assert "llm_path" in message
 
 
 @pytest.mark.parametrize("mode", ["causal", "bidirectional"])
-def test_greedy_decode_with_cache_matches_full_recompute(llm_dir, mode):
+def test_cached_greedy_decoding_matches_full_recompute(llm_dir, mode):
+    """decoding_prefix + the decoder's cached LLM scorer give the tokens a full forward per step gives."""
     model = make_model(llm_dir, audio_attention=mode, use_chat_template=(mode == "causal"))
     feats, feat_lens, prompts, _ = _batch(model)
-    hyps = model.greedy_decode(feats, feat_lens, prompts, max_new_tokens=6)
+    hyps = greedy(model, feats, feat_lens, ["asr"] * 3, max_new_tokens=6)
     for b in range(3):
         audio = model.encode_audio(feats[b : b + 1, : feat_lens[b]], feat_lens[b : b + 1])
         tokens: list[int] = []
@@ -263,34 +281,6 @@ def test_greedy_decode_with_cache_matches_full_recompute(llm_dir, mode):
         assert hyps[b] == tokens
 
 
-@pytest.mark.parametrize("mode", ["causal", "bidirectional"])
-def test_prefix_then_cached_steps_match_full_forward(llm_dir, mode):
-    """The Prefix contract: run the prefix once, then one token per step with the KV cache (teacher forced)."""
-    from transformers import DynamicCache
-
-    model = make_model(llm_dir, audio_attention=mode)
-    feats, feat_lens, prompts, targets = _batch(model)
-    with torch.no_grad():
-        inputs = model.build_inputs(*model.encode_audio(feats, feat_lens), prompts, targets)
-        full_logits = model.hf_llm(**inputs).logits  # (B, L, V)
-        prefix = model.prefix_inputs(feats, feat_lens, prompts)
-        cache = DynamicCache(config=model.hf_llm.config)
-        logits = model.hf_llm(**prefix.llm_inputs, **{model._cache_kwarg: cache}, use_cache=True).logits
-        batch = torch.arange(3)
-        steps = [logits[batch, prefix.lengths - 1]]  # (B, V) predicts target token 0
-        for step in range(max(len(t) for t in targets)):
-            token = torch.tensor([t[step] if step < len(t) else model.end_id for t in targets])
-            token_embeds = model.hf_llm.get_input_embeddings()(token[:, None])  # (B, 1, H)
-            step_logits = model.hf_llm(
-                **prefix.step_inputs(step, token_embeds), **{model._cache_kwarg: cache}, use_cache=True
-            ).logits
-            steps.append(step_logits[:, -1])
-    for b, target in enumerate(targets):
-        for step in range(len(target) + 1):
-            expected = full_logits[b, int(prefix.lengths[b]) - 1 + step]
-            assert torch.allclose(steps[step][b], expected, atol=1e-4), (b, step)
-
-
 def test_tokenizer_without_bos_and_prompt_layout(tmp_path):
     llm = save_tiny_llm(tmp_path / "llm", with_bos=False)
     model = make_model(llm)
@@ -303,7 +293,9 @@ def test_tokenizer_without_bos_and_prompt_layout(tmp_path):
     with pytest.raises(KeyError, match="known tasks"):
         model.prompt_ids("mt")
     with pytest.raises(ValueError, match="compression"):
-        SpeechLLMConfig(compression="average")
+        SpeechLLMConfig(frontend={"compression": "average"})
+    with pytest.raises(ValueError, match="adapter.type 'mlp' is not one of"):
+        SpeechLLMConfig(adapter={"type": "mlp"})
 
 
 def test_load_llm_frozen_and_hash(tmp_path):

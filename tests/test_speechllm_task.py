@@ -8,10 +8,11 @@ import shutil
 import pytest
 import torch
 import yaml
-from _speech_llm_fixtures import save_tiny_llm
+from _speech_llm_fixtures import TINY_ADAPTER, save_tiny_llm
 from _train_fixtures import build_corpus, save_random_ctc_dir
 
-from speechllm_cli.models.speech_llm_io import load_speech_llm
+from speechllm_cli.models.load import load_model
+from speechllm_cli.models.model_dir import read_model_record
 from speechllm_cli.train.dataset import DumpDataset
 from speechllm_cli.train.speechllm_task import SpeechLLMTask, load_experiment, train_speechllm
 from speechllm_cli.utils.config import ConfigError
@@ -26,11 +27,10 @@ def setup(tmp_path_factory):
     ctc_dir = save_random_ctc_dir(root / "ctc", corpus)  # random weights, real CMVN stats
     llm = save_tiny_llm(root / "llm")
     config = {
-        "compressor_dir": str(ctc_dir),
         "task": "asr",
         "target": "text.src",
-        "model": {"llm": str(llm), "compression": "none", "audio_attention": "bidirectional",
-                  "encoder": {"num_layers": 1, "d_model": 32, "num_heads": 2, "ff_dim": 64, "dropout": 0.0},
+        "model": {"llm": str(llm), "frontend": {"dir": str(ctc_dir), "compression": "none"},
+                  "audio_attention": "bidirectional", "adapter": TINY_ADAPTER,
                   "lora": {"rank": 2, "dropout": 0.0}},
         "train": {"batch_frames": 1600, "max_batch_size": 4, "epochs": 2, "lr": 3e-3, "warmup_steps": 2,
                   "scheduler": "constant", "seed": 1, "log_interval": 2, "average_last_k": 2},
@@ -46,20 +46,21 @@ def test_train_speechllm_writes_a_loadable_speech_llm(setup, tmp_path):
     model_dir = train_speechllm(config_path, corpus["train"], corpus["dev"], out)
     assert model_dir == out / "model"
     for name in ("model", "model.best", "model.avg"):
-        assert (out / name / "speech_llm.yaml").is_file()
-        assert (out / name / "adapter" / "adapter_config.json").is_file()
+        assert read_model_record(out / name)["model_type"] == "speech_llm"
+        assert (out / name / "lora" / "adapter_config.json").is_file()
     history = json.loads((out / "history.json").read_text())["history"]
     assert [e["epoch"] for e in history] == [1, 2]
     assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]
     assert 0.0 <= history[-1]["valid"]["acc"] <= 1.0
     checkpoint = sorted((out / "checkpoints").glob("step*.pt"))[-1]
     saved = torch.load(checkpoint, weights_only=True)["model"]
-    assert saved and all(k.startswith("encoder.") or "lora_" in k for k in saved)  # no frozen LLM weights
+    assert saved and all(k.startswith("adapter.") or "lora_" in k for k in saved)  # no frozen LLM weights
 
     # model.best is epoch 2's state: it reproduces epoch 2's validation loss (compressor from the recorded dir)
-    best = load_speech_llm(out / "model.best")
-    record = yaml.safe_load((out / "model.best" / "speech_llm.yaml").read_text())
-    assert record["extra"] == {"task": "asr", "asr_langs": ["en"], "target": "text.src"}
+    best = load_model(out / "model.best")
+    record = read_model_record(out / "model.best")
+    assert record["training"] == {"task": "asr", "asr_langs": ["en"], "target": "text.src"}
+    assert best.training_choice == record["training"] and record["frontend_hash"]
     assert record["llm"]["path"] == str(llm.resolve())
     task = SpeechLLMTask(load_experiment(config_path))
     task.build_model()
@@ -75,8 +76,14 @@ def test_config_errors_say_what_to_fix(setup, tmp_path):
     _, config_path, _ = setup
     with pytest.raises(ConfigError, match="task 'mt' has no prompt"):
         load_experiment(config_path, {"task": "mt"})
-    with pytest.raises(ConfigError, match="compressor_dir is empty"):
-        load_experiment(config_path, {"compressor_dir": ""})
+    with pytest.raises(ConfigError, match="model.frontend.dir is empty"):
+        load_experiment(config_path, {"model.frontend.dir": ""})
+    with pytest.raises(ConfigError, match="model.adapter.type 'mlp' is not one of"):
+        load_experiment(config_path, {"model.adapter.type": "mlp"})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['num_layers'\]"):
+        load_experiment(config_path, {"model.adapter": {"type": "stack_mlp", "num_layers": 2}})
+    # a new type starts from its own defaults, not the base's transformer keys
+    assert load_experiment(config_path, {"model.adapter.type": "conv"}).model.adapter.stride == 4
     with pytest.raises(ConfigError, match="audio_attention"):
         load_experiment(config_path, {"model.audio_attention": "full"})
 
@@ -105,8 +112,8 @@ def _cli_argv(config_path, corpus, out, *extra) -> list[str]:
 def _trained_weights(model_dir) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return {**load_file(model_dir / "audio_encoder.safetensors"),
-            **load_file(model_dir / "adapter" / "adapter_model.safetensors")}
+    return {**load_file(model_dir / "audio.safetensors"),
+            **load_file(model_dir / "lora" / "adapter_model.safetensors")}
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(setup, tmp_path):
@@ -204,3 +211,24 @@ def test_decoding_defaults_to_the_task_choice_the_model_was_trained_with(setup, 
     assert hyps["by_record"] == hyps["asr"] == hyps["by_record_nj2"]
     st = yaml.safe_load((tmp_path / "st" / "decode.yaml").read_text())["config"]
     assert st["task"] == "st" and st["asr_langs"] == ["en"]  # flags win over the record
+
+
+def test_a_retrained_compressor_is_refused_at_decode(setup, tmp_path):
+    from _train_fixtures import save_random_ctc_dir
+
+    from speechllm_cli.decode.decode import decode
+    from speechllm_cli.models.speech_llm_io import FrontEndMismatchError
+
+    corpus, config_path, _ = setup
+    ctc_dir = save_random_ctc_dir(tmp_path / "ctc", corpus, seed=0)
+    overrides = {"model.frontend.dir": str(ctc_dir), "train.epochs": 1, "train.max_steps": 1}
+    model_dir = train_speechllm(config_path, corpus["train"], None, tmp_path / "exp", overrides=overrides)
+    options = {"max_new_tokens": 3, "batch_size": 4}
+    decode(model_dir, corpus["dev"], tmp_path / "decode", **options)
+    save_random_ctc_dir(ctc_dir, corpus, seed=1)  # retrained in place: other weights, same dir
+    for nj in (1, 2):  # the finished decode dir is not taken for up to date either
+        with pytest.raises(FrontEndMismatchError, match="retrained or replaced") as error:
+            decode(model_dir, corpus["dev"], tmp_path / "decode", nj=nj, **options)
+        assert str(ctc_dir) in str(error.value)
+    with pytest.raises(FrontEndMismatchError):
+        load_model(model_dir)

@@ -30,7 +30,7 @@ llm_export=exp/llm/smollm2_hf
 train_config=""       # "" = conf/train_<model_type>.yaml (conf/train_speechllm.yaml for speech_llm)
 exp_dir=""            # "" = exp/speechllm, exp/seq2seq or exp/decoder_only (by model_type)
 scratch_llm_config=conf/llm_scratch_small.yaml   # decoder_only: the LLaMA that `speechllm init-llm` makes
-train_args=""         # extra training options, e.g. "--set model.compression=blank_remove --num-procs 2"
+train_args=""         # extra training options, e.g. "--set model.frontend.compression=blank_remove --num-procs 2"
 decode_config=conf/decode.yaml   # decoding options (beam, length caps, ...)
 decode_args=""        # extra decoding flags, e.g. "--beam 1" or "--ctc-weight 0.3" (they win over decode_config)
 nbest=0               # also write nbest.txt with this many hypotheses (for `speechllm rescore`)
@@ -102,9 +102,11 @@ fi
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ] && [ "${model_type}" != seq2seq ]; then
   log "stage 4: CTC compressor pretraining -> ${ctc_exp}"
   resume=""; [ -d "${ctc_exp}/checkpoints" ] && resume="--resume"
+  log "stage 4: log: ${ctc_exp}/log/train.log"
   # shellcheck disable=SC2086
-  speechllm train-ctc --config "${ctc_config}" --train-data "dump/${train_set}" \
-    --valid-data "dump/${valid_set}" --out "${ctc_exp}" --set "tokenizer=${token_list}" ${resume} ${ctc_args}
+  ${cuda_cmd} "${ctc_exp}/log/train.log" speechllm train-ctc --config "${ctc_config}" \
+    --train-data "dump/${train_set}" --valid-data "dump/${valid_set}" --out "${ctc_exp}" \
+    --set "tokenizer=${token_list}" ${resume} ${ctc_args}
   speechllm ctc-report --model "${ctc_exp}" --data "dump/${valid_set}"
 fi
 
@@ -128,11 +130,12 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
     model_sets=("--set" "tokenizer=${tgt_token_list}")
   else
     log "stage 5: ${model_type} training on ${llm} (${train_config}) -> ${exp_dir}"
-    model_sets=("--set" "compressor_dir=${ctc_exp}" "--set" "model.llm=${llm}")
+    model_sets=("--set" "model.frontend.dir=${ctc_exp}" "--set" "model.llm=${llm}")
   fi
+  log "stage 5: log: ${exp_dir}/log/train.log"
   # shellcheck disable=SC2086
-  speechllm train --config "${train_config}" --train-data "dump/${train_set}" --valid-data "dump/${valid_set}" \
-    --out "${exp_dir}" "${model_sets[@]}" ${resume} ${train_args}
+  ${cuda_cmd} "${exp_dir}/log/train.log" speechllm train --config "${train_config}" --train-data "dump/${train_set}" \
+    --valid-data "dump/${valid_set}" --out "${exp_dir}" "${model_sets[@]}" ${resume} ${train_args}
 fi
 
 if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then

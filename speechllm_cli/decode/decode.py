@@ -1,14 +1,18 @@
 """``speechllm decode``: decode a dump dir with a trained speech-LLM or seq2seq baseline into a decode dir.
 
 Usage:
-    python -m speechllm_cli.decode.decode --model-dir exp/speechllm/model --data-dir dump/test \\
-        --out-dir exp/speechllm/decode_test --beam 4 --max-len-a 8 --max-len-b 10 --nj 2
-    python -m speechllm_cli.decode.decode --model-dir exp/seq2seq/model --data-dir dump/test \\
-        --out-dir exp/seq2seq/decode_test --beam 4 --ctc-weight 0.3
+    speechllm decode --model exp/speechllm --data dump/test --beam 4 --max-len-a 8 --max-len-b 10 --nj 2
+    python -m speechllm_cli.decode.decode --options conf/decode.yaml --model-dir exp/seq2seq/model \\
+        --data-dir dump/test --out-dir exp/seq2seq/decode_test       # one job, as ``--nj`` runs each
 
-The model dir's record says its type: ``speech_llm.yaml`` (a speech-LLM) or ``model.json`` with
-``"model_type": "seq2seq"`` (the encoder-decoder baseline); :func:`load_decode_model` turns either into a
-:class:`DecodeModel` (scorer, search input, end tokens, text), so the rest is the same for both.
+Python::
+
+    decode("exp/seq2seq/model", "dump/test", "exp/seq2seq/decode_test", beam=4, ctc_weight=0.3, nj=2)
+    decode("exp/seq2seq/model", "dump/test", "exp/seq2seq/decode_test", DecodeOptions(beam=4), DecodeRun(nj=2))
+
+The model dir's ``model.yaml`` says its type (speech_llm, decoder_only, or seq2seq: the encoder-decoder baseline);
+:func:`load_decode_model` turns any of them into a :class:`DecodeModel` (scorer, search input, end tokens, text), so
+the rest is the same for all.
 For a speech-LLM the task of an utterance is recognition (ASR) when its ``utt2lang`` is an ASR language
 (``en``) and translation (ST) otherwise; the model knows the prompt of each task. A seq2seq model has one
 task and ignores utt2lang; ``--ctc-weight`` adds its CTC prefix scores. Utterances are decoded in
@@ -19,7 +23,9 @@ with seconds = frames * 0.01; for a speech-LLM it is lowered further so that pro
 context (``max_position_embeddings``), with a warning naming the utterance. Outputs are listed in
 :mod:`speechllm_cli.decode.decode_io`; decoding
 resumes where it stopped, and a finished decode dir with the same options is left alone.
-``--nj J`` splits the data dir by speaker and runs J jobs through run.pl/slurm.pl (``--cmd``).
+``--nj J`` splits the data dir by speaker and runs J jobs through run.pl/slurm.pl (``--cmd``), each reading the
+resolved options from ``<out>/log/options.yaml``. The defaults are those of :class:`DecodeOptions` and
+:class:`DecodeRun` (speechllm_cli/decode/options.py), for the command line, :func:`decode` and the jobs alike.
 A speech-LLM is decoded with the task choice it was trained with (its record's ``task`` and ``asr_langs``)
 unless ``--task`` / ``--asr-langs`` say otherwise.
 """
@@ -54,45 +60,19 @@ from speechllm_cli.decode.decode_io import (
     write_decode_dir,
 )
 from speechllm_cli.decode.llm_scorer import LLMScorer, PrefixBatch, eos_ids_for
+from speechllm_cli.decode.options import DecodeOptions, DecodeRun
 from speechllm_cli.decode.search import Scorer, cap_to_context, max_new_tokens_for, search
 from speechllm_cli.features.feats_reader import FeatsReader
 from speechllm_cli.models.llm import llm_context_length
+from speechllm_cli.models.load import load_model
+from speechllm_cli.models.model_dir import is_model_dir, read_model_record
 from speechllm_cli.utils.jobs import run_jobs
+from speechllm_cli.utils.options import read_options, split_fields, write_options
 
 logger = logging.getLogger(__name__)
 
 FRAME_SHIFT = 0.01  # seconds per fbank frame
-
-
-@dataclasses.dataclass
-class DecodeOptions:
-    """Options that decide the outputs (recorded in decode.yaml; a re-run with other ones starts over)."""
-
-    beam: int = 1
-    max_new_tokens: int = 200  # global cap on output tokens (end token included)
-    max_len_a: float = 0.0  # per-utterance cap: ceil(a * seconds + b); 0 = the global cap only
-    max_len_b: float = 10.0
-    no_repeat_ngram: int = 0  # ban repeating n-grams of this size (0: off)
-    length_penalty: float = 1.0  # rank by logprob / num_tokens ** length_penalty
-    nbest: int = 0  # write nbest.txt with this many hypotheses per utterance (<= beam; 0: no file)
-    asr_langs: tuple[str, ...] = ("en",)  # utt2lang values decoded as ASR; every other language is ST
-    task: str | None = None  # "asr" or "st" for every utterance, whatever utt2lang says
-    ctc_weight: float = 0.0  # seq2seq models: weight of the CTC prefix scores (0: attention only)
-
-    def validate(self) -> None:
-        if self.beam < 1 or self.max_new_tokens < 1:
-            raise ValueError(f"beam ({self.beam}) and max_new_tokens ({self.max_new_tokens}) must be >= 1")
-        if not 0.0 <= self.ctc_weight < 1.0:
-            raise ValueError(f"--ctc-weight must be in [0, 1), got {self.ctc_weight}")
-        if self.nbest > self.beam:
-            raise ValueError(f"--nbest {self.nbest} needs --beam >= {self.nbest} (beam is {self.beam})")
-        if self.task not in (None, "asr", "st"):
-            raise ValueError(f"--task must be 'asr' or 'st', not {self.task!r}")
-
-    def record(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["asr_langs"] = list(self.asr_langs)
-        return out
+JOB_OPTIONS = "log/options.yaml"  # in the decode dir, beside the job logs: the resolved options every job reads
 
 
 @dataclasses.dataclass
@@ -108,21 +88,14 @@ class DecodeModel:
     context_length: int | None = None  # positions the LLM takes (prefix + output); None: no limit
 
 
-def _record_names() -> tuple[str, str]:
-    from speechllm_cli.models import seq2seq_io, speech_llm_io
-
-    return speech_llm_io.RECORD_NAME, seq2seq_io.RECORD_NAME
-
-
 def resolve_model_dir(path: str | Path) -> Path:
-    """The saved model dir of ``path``: itself when it holds a model record (``speech_llm.yaml`` or
-    ``model.json``), else ``path/model`` (an experiment dir as training writes it)."""
+    """The saved model dir of ``path``: itself when it holds ``model.yaml``, else ``path/model`` (an experiment dir
+    as training writes it)."""
     path = Path(path)
-    names = _record_names()
     for candidate in (path, path / "model"):
-        if any((candidate / name).is_file() for name in names):
+        if is_model_dir(candidate):
             return candidate
-    raise FileNotFoundError(f"{path}: neither it nor {path / 'model'} holds {' or '.join(names)}; "
+    raise FileNotFoundError(f"{path}: neither it nor {path / 'model'} holds model.yaml; "
                             "give a trained experiment dir (speechllm train --out) or its model dir")
 
 
@@ -135,31 +108,16 @@ def pad_feats(feats: list[np.ndarray], device: torch.device | str) -> tuple[torc
     return padded, lens
 
 
-def speech_prefixes(model, feats: list[np.ndarray], tasks: list[str]) -> PrefixBatch:
-    """Prompt + audio (+ separator / assistant header) embeddings per utterance, for the LLM scorer.
-
-    ``model`` is a SpeechLLM (speechllm_cli.models.speech_llm; its compressor applies the global CMVN
-    saved with it, so ``feats`` are the raw dump-dir fbank); bidirectional audio attention becomes a
-    bidirectional span over each utterance's audio positions.
-    """
-    padded, lens = pad_feats(feats, next(model.encoder.parameters()).device)
-    prompt_ids = [model.prompt_ids(task) for task in tasks]
-    with torch.inference_mode():
-        audio_embeds, audio_lens = model.encode_audio(padded, lens)  # (B, A, H), (B,)
-        inputs = model.build_inputs(audio_embeds, audio_lens, prompt_ids, None)
-    audio_lens = [int(a) for a in audio_lens]
-    lengths = [len(p) + a + len(model.post_audio_ids) for p, a in zip(prompt_ids, audio_lens)]
-    embeds = [inputs["inputs_embeds"][i, :n] for i, n in enumerate(lengths)]  # each (P_i, H)
-    spans = None
-    if model.config.audio_attention == "bidirectional":
-        spans = [(len(p), len(p) + a) for p, a in zip(prompt_ids, audio_lens)]
-    return PrefixBatch(embeds, spans, audio_lens)
-
-
 def speech_llm_decode_model(model) -> DecodeModel:
     """A loaded SpeechLLM for decoding: the LLM scorer over prompt + audio prefixes."""
     model.eval()
-    return DecodeModel(scorer=LLMScorer(model.hf_llm), inputs=lambda feats, tasks: speech_prefixes(model, feats, tasks),
+    device = next(model.adapter.parameters()).device
+
+    def prefixes(feats: list[np.ndarray], tasks: list[str]) -> PrefixBatch:
+        with torch.inference_mode():
+            return model.decoding_prefix(*pad_feats(feats, device), tasks)
+
+    return DecodeModel(scorer=LLMScorer(model.hf_llm), inputs=prefixes,
                        eos_ids=sorted(set(eos_ids_for(model.tokenizer)) | {int(model.end_id)}),
                        to_text=model.decode_target, needs_task=True, context_length=llm_context_length(model.hf_llm))
 
@@ -179,34 +137,33 @@ def seq2seq_decode_model(model, tokenizer, ctc_weight: float = 0.0) -> DecodeMod
 
 def load_decode_model(model_dir: str | Path, device: str = "cpu", llm_path: str | Path | None = None,
                       ctc_weight: float = 0.0) -> DecodeModel:
-    """The model saved in ``model_dir`` (a speech-LLM or a seq2seq model, after its record) ready to decode."""
-    model_dir = Path(model_dir)
-    speech_llm_record, model_record = _record_names()
-    if (model_dir / speech_llm_record).is_file():
-        from speechllm_cli.models.speech_llm_io import load_speech_llm
-
+    """The model saved in ``model_dir`` (any type that decodes, after its model.yaml) ready to decode."""
+    model_type = read_model_record(model_dir)["model_type"]
+    if model_type == "seq2seq":
+        model = load_model(model_dir, device)
+        return seq2seq_decode_model(model, model.tokenizer, ctc_weight=ctc_weight)
+    if model_type in ("speech_llm", "decoder_only"):
         if ctc_weight > 0:
             raise ValueError(f"--ctc-weight is for seq2seq models; {model_dir} is a speech-LLM (it has no CTC head)")
-        return speech_llm_decode_model(load_speech_llm(model_dir, device=device, llm_path=llm_path))
-    from speechllm_cli.models.seq2seq_io import MODEL_TYPE, load_seq2seq, read_model_type
+        return speech_llm_decode_model(load_model(model_dir, device=device, llm_path=llm_path))
+    raise ValueError(f"{Path(model_dir) / 'model.yaml'}: a {model_type} model does not decode on its own; give a "
+                     "speech_llm, decoder_only or seq2seq model dir")
 
-    model_type = read_model_type(model_dir)
-    if model_type != MODEL_TYPE:
-        raise ValueError(f"{model_dir / model_record}: model_type {model_type!r} cannot be decoded; "
-                         f"known types: speech_llm ({speech_llm_record}), {MODEL_TYPE}")
-    return seq2seq_decode_model(*load_seq2seq(model_dir, device), ctc_weight=ctc_weight)
+
+def check_sources_unchanged(model_dir: str | Path) -> None:
+    """A speech LLM's front-end is still the one it was trained with (FrontEndMismatchError otherwise)."""
+    record = read_model_record(model_dir)
+    if record["model_type"] in ("speech_llm", "decoder_only"):
+        from speechllm_cli.models.speech_llm_io import check_frontend_unchanged
+
+        check_frontend_unchanged(model_dir, record)
 
 
 def trained_task_choice(model_dir: str | Path, task: str | None, asr_langs: Sequence[str] | None
                         ) -> tuple[str | None, tuple[str, ...]]:
     """``task`` and ``asr_langs`` for decoding: the given ones, else what a speech-LLM was trained with (its record's
-    ``task``, unless "auto", and ``asr_langs``), else per-utterance from utt2lang with English as ASR."""
-    speech_llm_record, _ = _record_names()
-    trained = {}
-    if (Path(model_dir) / speech_llm_record).is_file():
-        from speechllm_cli.models.speech_llm_io import read_record
-
-        trained = read_record(model_dir).get("extra") or {}
+    ``training.task``, unless "auto", and ``training.asr_langs``), else per-utterance from utt2lang, English as ASR."""
+    trained = read_model_record(model_dir).get("training") or {}
     if task is None and trained.get("task", "auto") != "auto":
         task = trained["task"]
     if asr_langs is None:
@@ -299,45 +256,41 @@ def decode_data_dir(model, data_dir: str | Path, out_dir: str | Path, options: D
     return stats
 
 
-def decode(
-    model_dir: str | Path,
-    data_dir: str | Path,
-    out_dir: str | Path,
-    beam: int = 1,
-    batch_size: int = 8,
-    max_new_tokens: int = 200,
-    max_len_a: float = 0.0,
-    max_len_b: float = 10.0,
-    no_repeat_ngram: int = 0,
-    length_penalty: float = 1.0,
-    nbest: int = 0,
-    task: str | None = None,
-    asr_langs: tuple[str, ...] | None = None,
-    nj: int = 1,
-    cmd: str = "run.pl",
-    device: str = "cpu",
-    llm_path: str | Path | None = None,
-    num_threads: int = 0,
-    ctc_weight: float = 0.0,
-) -> Path:
+def decode(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, options: DecodeOptions | None = None,
+           run: DecodeRun | None = None, **fields: Any) -> Path:
     """Decode the dump dir ``data_dir`` with the model (speech-LLM or seq2seq) saved in ``model_dir`` into ``out_dir``.
 
-    See the module docstring; ``nj > 1`` runs ``nj`` jobs (split by speaker) through ``cmd``, each with
-    ``num_threads`` torch threads (0: this machine's cores divided among the jobs). Returns ``out_dir``.
+    ``options`` (what decides the outputs) and ``run`` (how the decode runs) are used as given; instead, any of their
+    fields can be passed by name (``decode(model_dir, data_dir, out_dir, beam=4, nj=2)``), every other field taking
+    its dataclass default, except ``task`` and ``asr_langs`` (unset or None): the model's training choice
+    (:func:`trained_task_choice`). ``run.nj > 1`` runs that many jobs (split by speaker) through ``run.cmd``, each
+    with ``run.num_threads`` torch threads (0: this machine's cores divided among the jobs). Returns ``out_dir``.
     """
-    task, asr_langs = trained_task_choice(model_dir, task, asr_langs)
-    options = DecodeOptions(beam=beam, max_new_tokens=max_new_tokens, max_len_a=max_len_a, max_len_b=max_len_b,
-                            no_repeat_ngram=no_repeat_ngram, length_penalty=length_penalty, nbest=nbest, task=task,
-                            asr_langs=asr_langs, ctc_weight=ctc_weight)
+    check_sources_unchanged(model_dir)  # before "already decoded": a retrained front-end must not pass as done
+    option_fields, run_fields = split_fields(fields, DecodeOptions, DecodeRun)
+    if options is None:
+        task, asr_langs = trained_task_choice(model_dir, option_fields.pop("task", None),
+                                              option_fields.pop("asr_langs", None))
+        options = DecodeOptions(task=task, asr_langs=asr_langs, **option_fields)
+    elif option_fields:
+        raise TypeError(f"give the DecodeOptions or its fields {sorted(option_fields)}, not both")
+    run = dataclasses.replace(run or DecodeRun(), **run_fields)
     options.validate()
     out_dir = Path(out_dir)
     command = shlex.join(sys.argv)
-    if nj <= 1:
-        if num_threads > 0:
-            torch.set_num_threads(num_threads)
-        model = load_decode_model(model_dir, device=device, llm_path=llm_path, ctc_weight=ctc_weight)
-        decode_data_dir(model, data_dir, out_dir, options, batch_size, command, str(model_dir))
-        return out_dir
+    if run.nj > 1:
+        return _decode_in_jobs(model_dir, data_dir, out_dir, options, run, command)
+    if run.num_threads > 0:
+        torch.set_num_threads(run.num_threads)
+    model = load_decode_model(model_dir, device=run.device, llm_path=run.llm_path, ctc_weight=options.ctc_weight)
+    decode_data_dir(model, data_dir, out_dir, options, run.batch_size, command, str(model_dir))
+    return out_dir
+
+
+def _decode_in_jobs(model_dir: str | Path, data_dir: str | Path, out_dir: Path, options: DecodeOptions,
+                    run: DecodeRun, command: str) -> Path:
+    """``run.nj`` jobs of :func:`main` (one per speaker-split part of ``data_dir``, each with the options written to
+    ``out_dir/log/options.yaml``), then their outputs merged into ``out_dir``."""
     data = DataDir.load(data_dir)
     identity = _identity(options, model_dir, data_dir)
     if finished_decode(out_dir, identity, data.utt_ids):
@@ -345,26 +298,22 @@ def decode(
         return out_dir
     record = {**identity, "command": command}
     start = time.perf_counter()
+    nj = run.nj
     write_split(data, nj)
     split = f"split{nj}"
-    argv = [sys.executable, "-m", "speechllm_cli.decode.decode", "--model-dir", str(model_dir),
-            "--data-dir", str(Path(data_dir) / split / "JOB"), "--out-dir", str(out_dir / split / "JOB"),
-            "--beam", str(beam), "--batch-size", str(batch_size), "--max-new-tokens", str(max_new_tokens),
-            "--max-len-a", str(max_len_a), "--max-len-b", str(max_len_b), "--no-repeat-ngram", str(no_repeat_ngram),
-            "--length-penalty", str(length_penalty), "--nbest", str(nbest), "--ctc-weight", str(ctc_weight),
-            "--device", device, "--asr-langs", " ".join(asr_langs),
-            "--num-threads", str(num_threads or max(1, (os.cpu_count() or 1) // nj))]
-    for flag, value in (("--task", task), ("--llm-path", llm_path)):
-        if value:
-            argv += [flag, str(value)]
-    run_jobs(cmd, nj, out_dir / "log" / "decode.JOB.log", argv)
+    job_run = dataclasses.replace(run, nj=1, num_threads=run.num_threads or max(1, (os.cpu_count() or 1) // nj))
+    options_file = write_options(out_dir / JOB_OPTIONS, options, job_run)
+    argv = [sys.executable, "-m", "speechllm_cli.decode.decode", "--options", str(options_file),
+            "--model-dir", str(model_dir), "--data-dir", str(Path(data_dir) / split / "JOB"),
+            "--out-dir", str(out_dir / split / "JOB")]
+    run_jobs(run.cmd, nj, out_dir / "log" / "decode.JOB.log", argv)
     hyps: dict[str, str] = {}
     nbest_lines: list[str] = []
     parts = []
     for job in range(1, nj + 1):
         job_dir = out_dir / split / str(job)
         hyps.update(read_table(job_dir / "hyp.txt", allow_empty_value=True))
-        if nbest:
+        if options.nbest:
             nbest_lines += [line for line in (job_dir / "nbest.txt").read_text(encoding="utf-8").split("\n") if line]
         parts.append(yaml.safe_load((job_dir / "stats.yaml").read_text(encoding="utf-8")))
     missing = sorted(set(data.utt_ids) - set(hyps))
@@ -373,40 +322,26 @@ def decode(
                            f"(first: {missing[0]}); see {out_dir / 'log'}")
     stats = merge_stats(parts, time.perf_counter() - start)
     stats["num_jobs"] = nj
-    write_decode_dir(out_dir, hyps, data.tables, nbest_lines if nbest else None, record, stats)
+    write_decode_dir(out_dir, hyps, data.tables, nbest_lines if options.nbest else None, record, stats)
     logger.info("decoded %d utterances with %d jobs: RTF %.3f (job time / audio), %.1f output tokens/s per job",
                 stats["num_utts"], nj, stats["rtf"] or 0.0, stats["tokens_per_second"] or 0.0)
     return out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line of one decoding job (also what ``--nj`` runs)."""
+    """One decoding job, as ``--nj`` runs it: the options of ``--options FILE`` (a flat YAML of DecodeOptions and
+    DecodeRun fields), the model's task choice and the dataclass defaults for what the file leaves out."""
     from speechllm_cli.utils.logging import setup_logging
 
-    parser = argparse.ArgumentParser(description="Decode a dump dir with a speech-LLM or a seq2seq model.")
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--beam", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--max-len-a", type=float, default=0.0)
-    parser.add_argument("--max-len-b", type=float, default=10.0)
-    parser.add_argument("--no-repeat-ngram", type=int, default=0)
-    parser.add_argument("--length-penalty", type=float, default=1.0)
-    parser.add_argument("--nbest", type=int, default=0)
-    parser.add_argument("--task", choices=["asr", "st"], default=None)
-    parser.add_argument("--asr-langs", type=lambda text: tuple(text.split()), default=None,
-                        help="space-separated languages decoded as ASR (default: the model's training choice)")
-    parser.add_argument("--ctc-weight", type=float, default=0.0, help="seq2seq: CTC prefix score weight")
-    parser.add_argument("--nj", type=int, default=1)
-    parser.add_argument("--cmd", default="run.pl")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--llm-path", default=None)
-    parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--model-dir", required=True, help="saved model dir, e.g. exp/seq2seq/model")
+    parser.add_argument("--data-dir", required=True, help="dump dir to decode, e.g. dump/test/split2/1")
+    parser.add_argument("--out-dir", required=True, help="decode dir to write, e.g. exp/seq2seq/decode_test/split2/1")
+    parser.add_argument("--options", help=f"YAML of options, e.g. conf/decode.yaml or <out>/{JOB_OPTIONS}")
     args = parser.parse_args(argv)
     setup_logging()
-    decode(**{k.replace("-", "_"): v for k, v in vars(args).items()})
+    option_fields, run_fields = read_options(args.options, DecodeOptions, DecodeRun) if args.options else ({}, {})
+    decode(args.model_dir, args.data_dir, args.out_dir, **option_fields, **run_fields)
     return 0
 
 

@@ -31,20 +31,11 @@ from typing import Any
 import torch
 
 from speechllm_cli.models.llm import cache_kwarg
-from speechllm_cli.models.speech_llm_layout import as_llm_mask, prefix_lm_mask
+from speechllm_cli.models.speech_llm_layout import PrefixBatch, as_llm_mask, prefix_lm_mask
 
 # tokens that end an answer in common chat templates (looked up in the tokenizer when present)
 END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<end_of_turn>")
 MASK_GROWTH = 64  # key-mask columns added at a time
-
-
-@dataclasses.dataclass
-class PrefixBatch:
-    """The search input for :class:`LLMScorer`: one prefix per utterance."""
-
-    embeds: list[torch.Tensor]  # each (P_i, H), in the LLM's embedding space
-    bidirectional_spans: list[tuple[int, int] | None] | None = None  # per utterance, or None: all causal
-    audio_lengths: list[int] | None = None  # audio positions per prefix (reported in decode statistics only)
 
 
 @dataclasses.dataclass

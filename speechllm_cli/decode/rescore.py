@@ -30,10 +30,12 @@ Usage:
         --tune-nbest exp/seq2seq/decode_dev/nbest.txt --grid 0:1:0.1 --out exp/seq2seq/decode_test_rescore
     speechllm score exp/seq2seq/decode_test_rescore
 
-Python::
+Python (the options and their defaults: :class:`speechllm_cli.decode.options.RescoreOptions`)::
 
-    from speechllm_cli.decode.rescore import rescore
+    from speechllm_cli.decode.rescore import RescoreOptions, rescore
     rescore("exp/seq2seq/decode_test/nbest.txt", "exp/llm/smollm2_hf", "exp/seq2seq/decode_test_rescore", weight=0.3)
+    rescore("exp/seq2seq/decode_test/nbest.txt", "exp/llm/smollm2_hf", "exp/seq2seq/decode_test_rescore",
+            RescoreOptions(length_normalise=True, tune_nbest="exp/seq2seq/decode_dev/nbest.txt"))
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from tqdm import tqdm
 
 from speechllm_cli.data.kaldi_dir import format_table, read_table
 from speechllm_cli.decode.decode_io import read_nbest
+from speechllm_cli.decode.options import RescoreOptions
 from speechllm_cli.score.score import ASR_LANGS, score_group
 from speechllm_cli.utils.io import atomic_write_text
 
@@ -192,45 +195,47 @@ def tune_weight(nbest: dict[str, list[dict]], llm_scores: dict[str, LMScore], re
     return best_weight, "\n".join(lines) + "\n"
 
 
-def rescore(nbest_path: str | Path, llm: str | Path, out_dir: str | Path, weight: float = 0.3,
-            length_normalise: bool = False, batch_size: int = 16, tune_nbest: str | Path | None = None,
-            grid: str = "0:1:0.1", asr_langs: tuple[str, ...] = ASR_LANGS, device: str = "cpu",
-            dtype: str = "float32", command: str | None = None) -> float:
-    """Re-rank ``nbest_path`` with the LLM ``llm`` into the decode dir ``out_dir`` (see the module docstring).
-    With ``tune_nbest`` the weight is tuned over ``grid`` first. Returns the weight used."""
+def rescore(nbest_path: str | Path, llm: str | Path, out_dir: str | Path, options: RescoreOptions | None = None,
+            command: str | None = None, **fields) -> float:
+    """Re-rank ``nbest_path`` with the LLM ``llm`` into the decode dir ``out_dir`` (see the module docstring), with
+    ``options`` (default :class:`RescoreOptions`) and any of its fields set by name (``weight=0.5``). With
+    ``tune_nbest`` the weight is tuned over ``grid`` first. Returns the weight used."""
     from speechllm_cli.models.llm import load_llm
 
+    opts = dataclasses.replace(options or RescoreOptions(), **fields)
+    weight, tune_nbest = opts.weight, opts.tune_nbest  # the weight is tuned when tune_nbest is given
     nbest_path, out_dir = Path(nbest_path), Path(out_dir)
     if out_dir.resolve() == nbest_path.parent.resolve():
         raise ValueError(f"--out {out_dir} is the n-best's own decode dir; give a new dir (e.g. {out_dir}_rescore)")
     nbest = read_ranked_nbest(nbest_path)
     tables = read_decode_tables(nbest_path.parent, list(nbest), COPIED_TABLES)
     if tune_nbest is not None:
-        weights = parse_grid(grid)
+        weights = parse_grid(opts.grid)
         dev_nbest = read_ranked_nbest(tune_nbest)
         dev_tables = read_decode_tables(Path(tune_nbest).parent, list(dev_nbest), ("ref.txt", "utt2lang"),
                                         required=True)
     elif not 0 <= weight <= 1:
         raise ValueError(f"weight {weight}: expected a value in [0, 1]")
-    model, tokenizer = load_llm(llm, dtype=dtype, device=device)
+    model, tokenizer = load_llm(llm, dtype=opts.dtype, device=opts.device)
     llm_scores: dict[str, LMScore] = {}
     if tune_nbest is not None:
-        llm_scores = llm_logprobs(model, tokenizer, [h["text"] for hs in dev_nbest.values() for h in hs], batch_size)
+        llm_scores = llm_logprobs(model, tokenizer, [h["text"] for hs in dev_nbest.values() for h in hs],
+                                   opts.batch_size)
         weight, table = tune_weight(dev_nbest, llm_scores, dev_tables["ref.txt"], dev_tables["utt2lang"], weights,
-                                    length_normalise, asr_langs)
+                                    opts.length_normalise, opts.asr_langs)
         atomic_write_text(out_dir / "weight_search.txt", table)
         logger.info("tuned on %s:\n%s", tune_nbest, table)
     texts = [h["text"] for hs in nbest.values() for h in hs if h["text"] not in llm_scores]
-    llm_scores |= llm_logprobs(model, tokenizer, texts, batch_size)
-    reranked = {utt: rerank(hyps, llm_scores, weight, length_normalise) for utt, hyps in nbest.items()}
+    llm_scores |= llm_logprobs(model, tokenizer, texts, opts.batch_size)
+    reranked = {utt: rerank(hyps, llm_scores, weight, opts.length_normalise) for utt, hyps in nbest.items()}
     changed = sum(reranked[u][0]["text"] != nbest[u][0]["text"] for u in nbest)
     atomic_write_text(out_dir / "hyp.txt", format_table({u: hyps[0]["text"] for u, hyps in reranked.items()}))
     for name, table in tables.items():
         atomic_write_text(out_dir / name, format_table(table))
     atomic_write_text(out_dir / "nbest.txt", format_nbest(reranked))
-    record = {"nbest": str(nbest_path), "llm": str(llm), "weight": weight, "length_normalise": length_normalise,
+    record = {"nbest": str(nbest_path), "llm": str(llm), "weight": weight, "length_normalise": opts.length_normalise,
               "tune_nbest": str(tune_nbest) if tune_nbest is not None else None,
-              "grid": grid if tune_nbest is not None else None, "asr_langs": list(asr_langs),
+              "grid": opts.grid if tune_nbest is not None else None, "asr_langs": list(opts.asr_langs),
               "llm_sequence": "<bos> text <eos> (eos as context when there is no bos); end token scored",
               "llm_params": sum(p.numel() for p in model.parameters()),
               "num_utts": len(nbest), "changed_1best": changed, "command": command or shlex.join(sys.argv)}

@@ -69,7 +69,7 @@ class Seq2SeqScorer:
         tokens = torch.full((enc.shape[0], 1), self.model.sos_id, dtype=torch.long, device=self.device)
         ctc = None
         if self.ctc is not None:
-            ctc = self.ctc.init(self.model.ctc_head(enc).float().log_softmax(-1), enc_lens)
+            ctc = self.ctc.init(self.model.ctc_logits(enc).float().log_softmax(-1), enc_lens)
         state = Seq2SeqState(enc, enc_lens, tokens, ctc)
         return self._scores(state), state
 

@@ -61,14 +61,14 @@ def diagnose(model: str | os.PathLike, data: str | os.PathLike, decode_dir: str 
              batch_size: int = 16, device: str = "cpu", llm_path: str | os.PathLike | None = None) -> dict:
     """The audio-use report of the speech LLM in ``model`` (an experiment or model dir) on the dump dir ``data``."""
     from speechllm_cli.decode.decode import resolve_model_dir, trained_task_choice
-    from speechllm_cli.models.speech_llm_io import load_speech_llm, read_record
+    from speechllm_cli.models.load import load_model
     from speechllm_cli.train.dataset import DumpDataset
     from speechllm_cli.train.speechllm_task import TARGET_FIELDS
 
     model_dir = resolve_model_dir(model)
     task, asr_langs = trained_task_choice(model_dir, None, None)  # None: per utterance from utt2lang
-    target = read_record(model_dir).get("extra", {}).get("target", "text")
-    speech_llm = load_speech_llm(model_dir, device=device, llm_path=llm_path).eval()
+    speech_llm = load_model(model_dir, device=device, llm_path=llm_path).eval()
+    target = speech_llm.training_choice.get("target", "text")
     dataset = DumpDataset(data, require=(target, "utt2lang") if task is None else (target,))
 
     totals: dict[str, list[float]] = {}

@@ -16,7 +16,6 @@ GGUF-loaded model cannot be saved by transformers; ``export_llm`` turns it into 
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import inspect
 import logging
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from speechllm_cli.utils.io import atomic_dir
+from speechllm_cli.utils.io import atomic_dir, files_sha256
 from speechllm_cli.utils.safe_load import unsafe_file_error
 
 logger = logging.getLogger(__name__)
@@ -213,10 +212,4 @@ def llm_content_hash(model_dir: str | os.PathLike) -> str:
         raise FileNotFoundError(f"LLM {path} not found")
     if not any(p.suffix in _HASHED_SUFFIXES for p in files):
         raise FileNotFoundError(f"no weight files (*.safetensors, *.bin, *.gguf) in {path}")
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode() + b"\0")
-        with open(file, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()
+    return files_sha256(files)

@@ -1,6 +1,7 @@
 """The encoder-decoder baseline: a Transformer trained from scratch with the hybrid CTC/attention loss (ESPnet).
 
-GlobalCMVN -> SpecAugment (training) -> Conv2dSubsampling -> pre-LN Transformer encoder -> CTC head, and a causal
+GlobalCMVN -> SpecAugment (training) -> Conv2dSubsampling -> pre-LN Transformer encoder -> CTC head (the encoder is
+a CTCCompressor over the target vocabulary: the same module the speech LLMs' front-end pretrains), and a causal
 pre-LN Transformer decoder over the target tokens that attends to the encoder output. The loss is
 ``(1 - ctc_weight) * attention CE (label smoothing) + ctc_weight * CTC``, each summed over an utterance's tokens and
 averaged over utterances (ESPnet's normalisation).
@@ -32,9 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechllm_cli.models.cmvn import GlobalCMVN
-from speechllm_cli.models.ctc_compressor import CTCOutput, SpecAugment, ctc_loss
-from speechllm_cli.models.subsampling import Conv2dSubsampling, PositionalEncoding
+from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConfig, ctc_loss
+from speechllm_cli.models.subsampling import PositionalEncoding
 from speechllm_cli.text.tokenizer import BLANK_ID
 
 IGNORE_ID = -1  # target padding
@@ -84,20 +84,12 @@ class Seq2SeqModel(nn.Module):
                              "set it to the target tokenizer's vocab_size + 1")
         self.config = config
         d_model, vocab = config.d_model, config.vocab_size
-        self.cmvn = GlobalCMVN(config.input_dim)
-        if cmvn_stats is not None:
-            self.cmvn.set_stats(cmvn_stats)
-        self.spec_augment = SpecAugment(config.num_freq_masks, config.freq_mask_width, config.num_time_masks,
-                                        config.time_mask_ratio)
-        self.subsampling = Conv2dSubsampling(config.input_dim, d_model, config.conv_channels or None)
-        self.encoder_pos = PositionalEncoding(d_model, config.dropout)
-        self.encoder_layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(d_model, config.num_heads, config.ff_dim, config.dropout, batch_first=True,
-                                       norm_first=True)
-            for _ in range(config.encoder_layers)
-        )
-        self.encoder_norm = nn.LayerNorm(d_model)
-        self.ctc_head = nn.Linear(d_model, vocab)
+        self.encoder = CTCCompressor(CTCCompressorConfig(
+            input_dim=config.input_dim, d_model=d_model, conv_channels=config.conv_channels,
+            num_heads=config.num_heads, ff_dim=config.ff_dim, num_layers=config.encoder_layers,
+            dropout=config.dropout, vocab_size=vocab, num_freq_masks=config.num_freq_masks,
+            freq_mask_width=config.freq_mask_width, num_time_masks=config.num_time_masks,
+            time_mask_ratio=config.time_mask_ratio), cmvn_stats=cmvn_stats)
         self.embed = nn.Embedding(vocab, d_model)
         self.decoder_pos = PositionalEncoding(d_model, config.dropout)
         self.decoder_layers = nn.ModuleList(
@@ -117,18 +109,18 @@ class Seq2SeqModel(nn.Module):
     def sos_id(self) -> int:
         return self.eos_id
 
+    @property
+    def cmvn(self) -> nn.Module:
+        return self.encoder.cmvn
+
     def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (B, T, input_dim) raw fbank, feat_lens (B,) -> enc (B, T', D) (0 past enc_lens), enc_lens (B,)."""
-        feat_lens = feat_lens.to(feats.device)
-        feats = self.cmvn(feats, feat_lens)
-        if self.training:
-            feats = self.spec_augment(feats, feat_lens)
-        enc, enc_lens = self.subsampling(feats, feat_lens)  # (B, T', D), (B,)
-        enc = self.encoder_pos(enc)
-        padding = torch.arange(enc.shape[1], device=enc.device) >= enc_lens[:, None]  # (B, T') True = pad
-        for layer in self.encoder_layers:
-            enc = layer(enc, src_key_padding_mask=padding)
-        return self.encoder_norm(enc).masked_fill(padding[..., None], 0.0), enc_lens
+        enc, enc_lens, _ = self.encoder(feats, feat_lens)
+        return enc, enc_lens
+
+    def ctc_logits(self, enc: torch.Tensor) -> torch.Tensor:
+        """(B, T', D) encoder output -> (B, T', V) CTC logits."""
+        return self.encoder.ctc_head(enc)
 
     def decode(self, tokens: torch.Tensor, enc: torch.Tensor, enc_lens: torch.Tensor) -> torch.Tensor:
         """Decoder logits (B, L, V) for the input tokens (B, L) (``<sos>`` first; right padding with any valid id
@@ -153,8 +145,9 @@ class Seq2SeqModel(nn.Module):
         """
         batch = targets.shape[0]
         target_lens = target_lens.to(targets.device)
-        enc, enc_lens = self.encode(feats, feat_lens)
-        loss_ctc = ctc_loss(CTCOutput(enc, enc_lens, self.ctc_head(enc)), targets, target_lens)
+        encoded = self.encoder(feats, feat_lens)  # (enc (B, T', D), enc_lens (B,), CTC logits (B, T', V))
+        enc, enc_lens = encoded.hidden, encoded.hidden_lens
+        loss_ctc = ctc_loss(encoded, targets, target_lens)
         valid = torch.arange(targets.shape[1], device=targets.device) < target_lens[:, None]  # (B, S)
         tokens = targets.masked_fill(~valid, self.eos_id)
         sos = torch.full((batch, 1), self.sos_id, dtype=tokens.dtype, device=tokens.device)

@@ -2,7 +2,7 @@
 
 A saved model dir (``exp/seq2seq/model``, also ``model.best``, ``model.avg``) holds::
 
-    model.json           {"model_type": "seq2seq", "weights": "model.safetensors"}: what `speechllm decode` looks for
+    model.yaml           model_type: seq2seq, weights: model.safetensors (see model_dir.py)
     config.yaml          the experiment config (its ``model`` section is the Seq2SeqConfig, vocab_size set)
     tokenizer/           a copy of the target token list dir (bpe.model + tokens.txt)
     model.safetensors    every weight and buffer (the CMVN statistics included)
@@ -12,12 +12,11 @@ Example::
     from speechllm_cli.models.seq2seq_io import load_seq2seq, save_seq2seq
 
     save_seq2seq(model, "data/token_list/tgt_unigram300", {"model": ..., "train": ...}, "exp/seq2seq/model")
-    model, tokenizer = load_seq2seq("exp/seq2seq/model", device="cpu")   # eval mode
+    model, tokenizer = load_seq2seq("exp/seq2seq/model", device="cpu")   # eval mode (or model_dir.load_model)
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from speechllm_cli.models.model_dir import read_model_record, write_model_record
 from speechllm_cli.models.seq2seq import Seq2SeqConfig, Seq2SeqModel
 from speechllm_cli.text.tokenizer import MODEL_NAME, TOKENS_NAME, Tokenizer
 from speechllm_cli.utils.config import dump_config, load_dataclass, read_yaml
@@ -33,7 +33,6 @@ from speechllm_cli.utils.io import atomic_dir
 logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "seq2seq"
-RECORD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
@@ -49,27 +48,15 @@ def save_seq2seq(model: Seq2SeqModel, tokenizer_dir: str | os.PathLike, experime
         for name in (MODEL_NAME, TOKENS_NAME):
             shutil.copyfile(Path(tokenizer_dir) / name, tmp_dir / "tokenizer" / name)
         dump_config(tmp_dir / "config.yaml", experiment_config)
-        record = {"model_type": MODEL_TYPE, "weights": WEIGHTS_NAME}
-        (tmp_dir / RECORD_NAME).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        write_model_record(tmp_dir, MODEL_TYPE, weights=WEIGHTS_NAME)
     logger.info("saved the seq2seq model to %s", out_dir)
     return out_dir
-
-
-def read_model_type(model_dir: str | os.PathLike) -> str:
-    """The ``model_type`` recorded in ``model_dir/model.json``."""
-    path = Path(model_dir) / RECORD_NAME
-    try:
-        return str(json.loads(path.read_text(encoding="utf-8"))["model_type"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a model record with a model_type ({exc}); it is written by training") from exc
 
 
 def load_seq2seq(model_dir: str | os.PathLike, device: str = "cpu") -> tuple[Seq2SeqModel, Tokenizer]:
     """The saved model (eval mode, on ``device``) and its target tokenizer."""
     model_dir = Path(model_dir)
-    model_type = read_model_type(model_dir)
-    if model_type != MODEL_TYPE:
-        raise ValueError(f"{model_dir / RECORD_NAME}: model_type is {model_type!r}, not {MODEL_TYPE!r}")
+    read_model_record(model_dir, expect=(MODEL_TYPE,))
     config_path = model_dir / "config.yaml"
     config = load_dataclass(Seq2SeqConfig, read_yaml(config_path).get("model"), source=f"{config_path}: model")
     tokenizer = Tokenizer.load(model_dir / "tokenizer")

@@ -1,21 +1,26 @@
-"""Speech-LLaMA: frozen CTC compressor -> compression -> audio encoder -> frozen LLM with LoRA (or a trained LLM).
+"""Speech LLM = front-end -> adapter -> LLM: Speech-LLaMA and the survey's latent-representation systems.
 
 Example (see tests/_speech_llm_fixtures.py for a tiny LLaMA and compressor)::
 
     from speechllm_cli.models.speech_llm import SpeechLLMConfig
-    from speechllm_cli.models.speech_llm_io import build_speech_llm, load_speech_llm, save_speech_llm
+    from speechllm_cli.models.speech_llm_io import build_speech_llm, save_speech_llm
+    from speechllm_cli.models.load import load_model
 
-    config = SpeechLLMConfig(llm="/tmp/smollm2_hf", compression="frame_average")
-    model = build_speech_llm(config, compressor_dir="exp/ctc_compressor", device="cpu")
+    config = SpeechLLMConfig(llm="/tmp/smollm2_hf",
+                             frontend={"type": "ctc_compressor", "dir": "exp/ctc_compressor"},
+                             adapter={"type": "stack_mlp", "stack": 2})
+    model = build_speech_llm(config, device="cpu")
     prompts = [model.prompt_ids("st")] * len(texts)           # bos/template head + prompt, per utterance
     targets = [model.encode_target(t) for t in texts]         # target text, no special tokens
     loss, stats = model(feats, feat_lens, prompts, targets)   # feats (B, T, 80), feat_lens (B,)
-    loss.backward()                                           # grads reach the audio encoder and LoRA only
+    loss.backward()                                           # grads reach the adapter and LoRA only
     save_speech_llm(model, "exp/speech_llm/model")
-    model = load_speech_llm("exp/speech_llm/model", device="cpu")
-    hyps = model.greedy_decode(feats, feat_lens, prompts, max_new_tokens=100)   # token ids per utterance
+    model = load_model("exp/speech_llm/model", device="cpu")
+    prefix = model.decoding_prefix(feats, feat_lens, ["st", "asr"])   # what decoding continues from
 
-Sequence per utterance (right-padded in a batch)::
+The front-end (``model.frontend``, registry in frontends/) turns raw features into frame vectors, frozen; the
+adapter (``model.adapter``, registry in adapters/) maps them into the LLM's embedding space; ``encode_audio`` runs
+both. Sequence per utterance (right-padded in a batch), built by ``build_inputs``::
 
     prompt_ids (bos + prompt text, or chat template head + prompt)  audio embeddings
     post-audio ids (separator, or chat template end of user turn + assistant header)  target ids  end id
@@ -26,33 +31,31 @@ each utterance's per-token mean cross-entropy, so a batch's loss equals the mean
 ``audio_attention="bidirectional"`` lets audio positions see each other (a prefix-LM mask, a 4D mask
 given to the LLM; sdpa or eager attention); ``"causal"`` keeps the LLM's own causal mask.
 ``train_llm=True`` (with ``lora.rank=0``) trains every LLM weight as well: the decoder-only model trained from
-scratch (an LLM made by ``speechllm init-llm``, see scratch_llm.py), or a full fine-tune; its checkpoints and saved
-model then hold the LLM weights too.
-``encoder.label_embeddings=True`` (the recipe's setting) also hands the audio encoder the compressor's CTC label
-posteriors, compressed like the states, and adds their LLM embeddings (a table initialised from each CTC piece's
-token embeddings, see audio_encoder.py): without it a fresh encoder's output means nothing to the LLM, and training
-turns it into one constant soft prompt rather than learning to listen (``speechllm diagnose`` measures this).
-Saving, loading and the LLM hash check live in speech_llm_io.py, the masks and the decoding prefix in
-speech_llm_layout.py (re-exported here).
+scratch (an LLM made by ``speechllm init-llm``, see scratch_llm.py), or a full fine-tune.
+``label_embeddings=True`` (the recipe's setting) adds the front-end's CTC label posteriors, pooled like the
+adapter pools frames, times a label table that starts as the LLM's embeddings of each CTC piece, and starts the
+adapter's output projection at zero (see label_table.py): the LLM reads a soft transcript from the first step.
+Saving and loading live in speech_llm_io.py, the masks and the decoding prefix in speech_llm_layout.py.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechllm_cli.models.audio_encoder import AudioEncoder, AudioEncoderConfig, init_label_table
+from speechllm_cli.models.adapters import adapter_config, build_adapter
+from speechllm_cli.models.frontends import frontend_config
+from speechllm_cli.models.label_table import LabelTable
 from speechllm_cli.models.llm import cache_kwarg, prepare_tokenizer
-from speechllm_cli.models.speech_llm_layout import IGNORE_INDEX, Prefix, as_llm_mask, prefix_lm_mask
+from speechllm_cli.models.speech_llm_layout import IGNORE_INDEX, PrefixBatch, as_llm_mask, prefix_lm_mask
 
 logger = logging.getLogger(__name__)
 
-COMPRESSION_MODES = ("frame_average", "blank_remove", "none")
 AUDIO_ATTENTION = ("causal", "bidirectional")
 _AUDIO_MARKER = "<<<speechllm-audio>>>"
 
@@ -70,7 +73,9 @@ class SpeechLLMConfig:
     llm: str = ""  # Hugging Face model dir or .gguf file; "" = the embedded SmolLM2 GGUF (slow: export it once)
     dtype: str = "float32"  # LLM weights: float32 | bfloat16 | float16
     attn_implementation: str = "sdpa"
-    compression: Literal["frame_average", "blank_remove", "none"] = "frame_average"
+    frontend: Any = field(default_factory=dict)  # a front-end section ({type: ctc_compressor, dir, compression})
+    adapter: Any = field(default_factory=dict)  # an adapter section ({type: transformer, num_layers, ...})
+    label_embeddings: bool = False  # + the CTC posteriors' label table (see label_table.py)
     prompts: dict[str, str] = field(
         default_factory=lambda: {"st": "Translate the audio into English:", "asr": "Transcribe the audio:"}
     )
@@ -80,15 +85,12 @@ class SpeechLLMConfig:
     gradient_checkpointing: bool = False  # recompute LLM activations in backward (large LLMs)
     train_llm: bool = False  # train every LLM weight (needs lora.rank 0): decoder-only from scratch, full fine-tune
     lora: LoraSettings = field(default_factory=LoraSettings)
-    encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
 
     def __post_init__(self):
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**self.lora)
-        if isinstance(self.encoder, dict):
-            self.encoder = AudioEncoderConfig(**self.encoder)
-        if self.compression not in COMPRESSION_MODES:
-            raise ValueError(f"compression {self.compression!r} is not one of {COMPRESSION_MODES}")
+        self.frontend = frontend_config(self.frontend)
+        self.adapter = adapter_config(self.adapter)
         if self.audio_attention not in AUDIO_ATTENTION:
             raise ValueError(f"audio_attention {self.audio_attention!r} is not one of {AUDIO_ATTENTION}")
         if self.train_llm and self.lora.rank > 0:
@@ -100,22 +102,21 @@ class SpeechLLMConfig:
 
 
 class SpeechLLM(nn.Module):
-    """Frozen compressor + trainable audio encoder + frozen LLM (+ trainable LoRA when ``lora.rank > 0``), or a
-    trainable LLM when ``config.train_llm``."""
+    """Frozen front-end + trainable adapter (+ label table) + frozen LLM (+ trainable LoRA when ``lora.rank > 0``),
+    or a trainable LLM when ``config.train_llm``."""
 
-    def __init__(self, config: SpeechLLMConfig, compressor: nn.Module, llm: nn.Module, tokenizer, adapter_dir=None,
-                 ctc_pieces: list[str] | None = None):
-        """``ctc_pieces`` (the compressor's CTC vocabulary, in id order) initialise the audio encoder's label table
-        when ``encoder.label_embeddings`` is on; a loaded model gets the trained table from its weights instead."""
+    def __init__(self, config: SpeechLLMConfig, frontend: nn.Module, llm: nn.Module, tokenizer, lora_dir=None):
+        """``frontend``: a built front-end (frontends/); ``lora_dir``: a saved LoRA adapter to load (else a new one).
+        A new label table starts from the front-end's CTC pieces; a loaded model gets its trained weights after."""
         super().__init__()
         from peft import LoraConfig, PeftModel, get_peft_model
 
         self.config = config
-        self.compressor = compressor.eval().requires_grad_(False)
+        self.frontend = frontend.eval().requires_grad_(False)
         self.tokenizer = prepare_tokenizer(tokenizer)
         llm.requires_grad_(config.train_llm)
-        if config.lora.rank > 0 and adapter_dir is not None:
-            llm = PeftModel.from_pretrained(llm, str(adapter_dir), is_trainable=True)
+        if config.lora.rank > 0 and lora_dir is not None:
+            llm = PeftModel.from_pretrained(llm, str(lora_dir), is_trainable=True)
         elif config.lora.rank > 0:
             lora = config.lora
             llm = get_peft_model(
@@ -137,14 +138,20 @@ class SpeechLLM(nn.Module):
             else:
                 hf_llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.llm_hash: str | None = None  # content hash of the LLM, set by build_speech_llm / load_speech_llm
-        self.compressor_dir: str | None = None
-        hf_config = self.hf_llm.config
-        num_labels = compressor.ctc_head.out_features if config.encoder.label_embeddings else 0
-        self.encoder = AudioEncoder(config.encoder, _compressor_dim(compressor), hf_config.hidden_size, num_labels)
-        if config.encoder.label_embeddings and ctc_pieces is not None:
-            rows = init_label_table(self.encoder, ctc_pieces, self.tokenizer, self.hf_llm.get_input_embeddings().weight)
-            logger.info("audio encoder label table: %d of %d CTC pieces start as their LLM token embeddings", rows,
-                        len(ctc_pieces))
+        self.frontend_hash: str | None = None  # and of the front-end's model (None: a module given directly)
+        self.training_choice: dict = {}  # task, asr_langs, target it was trained with (the record's ``training``)
+        llm_dim = self.hf_llm.config.hidden_size
+        self.adapter = build_adapter(config.adapter, frontend.output_dim, llm_dim)
+        self.label_table = None
+        if config.label_embeddings:
+            self.label_table = LabelTable(frontend.num_labels, llm_dim)
+            nn.init.zeros_(self.adapter.output_proj.weight)  # the adapter starts silent: a residual on the table
+            nn.init.zeros_(self.adapter.output_proj.bias)
+            if frontend.pieces is not None:
+                embeddings = self.hf_llm.get_input_embeddings().weight
+                rows = self.label_table.init_from_pieces(frontend.pieces, self.tokenizer, embeddings)
+                logger.info("label table: %d of %d CTC pieces start as their LLM token embeddings", rows,
+                            len(frontend.pieces))
         self.pad_id = self.tokenizer.pad_token_id
         self._cache_kwarg = cache_kwarg(self.hf_llm.get_decoder().forward)
         self._prompt_cache: dict[str, list[int]] = {}
@@ -225,26 +232,15 @@ class SpeechLLM(nn.Module):
     # ----- audio side -----
     def train(self, mode: bool = True):
         super().train(mode)
-        self.compressor.eval()  # frozen: dropout off even while training
+        self.frontend.eval()  # frozen: dropout off even while training
         return self
 
     def encode_audio(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """feats (B, T, 80), feat_lens (B,) -> audio_embeds (B, A, H_llm) in the LLM dtype, audio_lens (B,)."""
-        from speechllm_cli.models.compression import compress
-
-        with torch.no_grad():
-            hidden, hidden_lens, logits = self.compressor(feats, feat_lens)  # (B, T', D), (B,), (B, T', V)
-            labels = logits.argmax(-1)  # (B, T') greedy CTC labels
-            mode, blank_id = self.config.compression, self.compressor.blank_id
-            posteriors = None
-            if self.config.encoder.label_embeddings:  # compressed with the states: one mean posterior per vector
-                dim = hidden.shape[-1]
-                both = torch.cat([hidden.float(), logits.float().softmax(-1)], -1)  # (B, T', D + V)
-                both, audio_lens = compress(both, hidden_lens, labels, mode, blank_id)
-                compressed, posteriors = both[..., :dim], both[..., dim:]  # (B, A, D), (B, A, V)
-            else:
-                compressed, audio_lens = compress(hidden, hidden_lens, labels, mode, blank_id)  # (B, A, D), (B,)
-        audio_embeds = self.encoder(compressed.float(), audio_lens, posteriors)  # (B, A, H)
+        """feats (B, T, F) raw features, feat_lens (B,) -> audio_embeds (B, A, H_llm) in the LLM dtype, lengths (B,)."""
+        out = self.frontend(feats, feat_lens, with_posteriors=self.label_table is not None)
+        audio_embeds, audio_lens = self.adapter(out.frames.float(), out.lens)  # (B, A, H), (B,)
+        if self.label_table is not None:
+            audio_embeds = audio_embeds + self.label_table(self.adapter.pool(out.posteriors, out.lens))
         return audio_embeds.to(self.hf_llm.dtype), audio_lens
 
     # ----- sequence layout -----
@@ -299,16 +295,27 @@ class SpeechLLM(nn.Module):
             "labels": labels,
         }
 
-    def prefix_inputs(self, feats, feat_lens, prompt_ids) -> Prefix:
-        """The prompt + audio (+ separator / assistant header) prefix of a batch, for cached decoding."""
-        audio_embeds, audio_lens = self.encode_audio(feats, feat_lens)
+    def audio_positions_bound(self, num_frames: list[int]) -> list[int]:
+        """An upper bound of the audio positions of utterances of ``num_frames`` feature frames (without running)."""
+        bound = self.frontend.max_output_lengths(torch.tensor(list(num_frames), dtype=torch.long))
+        return [int(n) for n in self.adapter.output_lengths(bound)]
+
+    def decoding_prefix(self, feats: torch.Tensor, feat_lens: torch.Tensor, tasks: list[str]) -> PrefixBatch:
+        """Prompt + audio (+ separator / assistant header) embeddings per utterance, what decoding continues from.
+
+        ``tasks``: a prompt key per utterance (``"asr"``, ``"st"``); feats are raw features as the dump dir holds
+        them. Bidirectional audio attention becomes a bidirectional span over each utterance's audio positions.
+        """
+        prompt_ids = [self.prompt_ids(task) for task in tasks]
+        audio_embeds, audio_lens = self.encode_audio(feats, feat_lens)  # (B, A, H), (B,)
         inputs = self.build_inputs(audio_embeds, audio_lens, prompt_ids, None)
-        inputs.pop("labels")
-        lengths = torch.tensor(
-            [len(p) + int(a) + len(self.post_audio_ids) for p, a in zip(prompt_ids, audio_lens)], device=feats.device
-        )
-        padding_mask = (torch.arange(inputs["position_ids"].shape[1], device=feats.device)[None] < lengths[:, None])
-        return Prefix(llm_inputs=inputs, padding_mask=padding_mask.long(), lengths=lengths)
+        audio_lens = [int(a) for a in audio_lens]
+        lengths = [len(p) + a + len(self.post_audio_ids) for p, a in zip(prompt_ids, audio_lens)]
+        embeds = [inputs["inputs_embeds"][i, :n] for i, n in enumerate(lengths)]  # each (P_i, H)
+        spans = None
+        if self.config.audio_attention == "bidirectional":
+            spans = [(len(p), len(p) + a) for p, a in zip(prompt_ids, audio_lens)]
+        return PrefixBatch(embeds, spans, audio_lens)
 
     # ----- LLM runs -----
     def _hidden(self, inputs: dict, cache=None) -> torch.Tensor:
@@ -348,32 +355,9 @@ class SpeechLLM(nn.Module):
         stats["num_utts"] = float(labels.shape[0])
         return loss, stats
 
-    @torch.no_grad()
-    def greedy_decode(self, feats, feat_lens, prompt_ids, max_new_tokens: int = 200) -> list[list[int]]:
-        """Greedy decoding with the KV cache; returns each utterance's target ids (end id excluded)."""
-        from transformers import DynamicCache
-
-        prefix = self.prefix_inputs(feats, feat_lens, prompt_ids)
-        cache = DynamicCache(config=self.hf_llm.config)
-        hidden = self._hidden(prefix.llm_inputs, cache)  # (B, L, H)
-        batch = hidden.shape[0]
-        last = self._logits(hidden[torch.arange(batch), prefix.lengths - 1])  # (B, V)
-        outputs: list[list[int]] = [[] for _ in range(batch)]
-        done = torch.zeros(batch, dtype=torch.bool, device=hidden.device)
-        for step in range(max_new_tokens):
-            next_ids = last.argmax(-1)  # (B,)
-            for b in torch.nonzero(~done & (next_ids != self.end_id)).flatten().tolist():
-                outputs[b].append(int(next_ids[b]))
-            done |= next_ids == self.end_id
-            if bool(done.all()):
-                break
-            step_inputs = prefix.step_inputs(step, self.hf_llm.get_input_embeddings()(next_ids[:, None]))
-            last = self._logits(self._hidden(step_inputs, cache)[:, -1])  # (B, V)
-        return outputs
-
     # ----- trainable state (checkpoints) -----
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the parameters that train (audio encoder + LoRA, or + the whole LLM): what a checkpoint needs."""
+        """Only the parameters that train (adapter, label table, LoRA or the whole LLM): what a checkpoint needs."""
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -384,20 +368,10 @@ class SpeechLLM(nn.Module):
         self.load_state_dict(state, strict=False)
 
 
-def _compressor_dim(compressor: nn.Module) -> int:
-    """Hidden size the compressor outputs (its config's d_model / hidden size)."""
-    for owner in (compressor, getattr(compressor, "config", None)):
-        for name in ("output_dim", "hidden_dim", "d_model", "hidden_size"):
-            value = getattr(owner, name, None)
-            if isinstance(value, int):
-                return value
-    raise AttributeError(f"cannot tell the hidden size of compressor {type(compressor).__name__}")
-
-
 __all__ = [
     "IGNORE_INDEX",
     "LoraSettings",
-    "Prefix",
+    "PrefixBatch",
     "SpeechLLM",
     "SpeechLLMConfig",
     "prefix_lm_mask",

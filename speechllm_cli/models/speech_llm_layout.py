@@ -1,4 +1,4 @@
-"""Sequence-layout helpers of SpeechLLM: the prefix-LM attention mask and the decoding prefix.
+"""Sequence-layout helpers of SpeechLLM: the prefix-LM attention mask and the decoding prefix (PrefixBatch).
 
 Example::
 
@@ -22,27 +22,13 @@ IGNORE_INDEX = -100
 
 
 @dataclass
-class Prefix:
-    """Everything before the target for a batch: run ``llm_inputs`` once, then one token per step.
+class PrefixBatch:
+    """What decoding continues from (``SpeechLLM.decoding_prefix``, the input of decode's ``LLMScorer``): one prefix
+    per utterance."""
 
-    The first prediction is at ``lengths - 1`` of the prefix run; step ``s`` (0-based) then feeds one new
-    token per utterance with ``step_inputs(s, token_embeds)``: position ``lengths + s`` and the 2D mask
-    ``cat([padding_mask, ones(B, s + 1)], 1)`` (the prefix's padded slots stay masked in the cache).
-    """
-
-    llm_inputs: dict  # inputs_embeds (B, L, H), attention_mask (2D or 4D), position_ids (B, L)
-    padding_mask: torch.Tensor  # (B, L) long, 1 = real position
-    lengths: torch.Tensor  # (B,) prefix length per utterance
-
-    def step_inputs(self, step: int, token_embeds: torch.Tensor) -> dict:
-        """LLM inputs for decoding step ``step`` (0-based); token_embeds (B, 1, H) embeds the new tokens."""
-        batch = self.padding_mask.shape[0]
-        ones = torch.ones(batch, step + 1, dtype=self.padding_mask.dtype, device=self.padding_mask.device)
-        return {
-            "inputs_embeds": token_embeds,
-            "attention_mask": torch.cat([self.padding_mask, ones], 1),  # (B, L + s + 1)
-            "position_ids": (self.lengths + step)[:, None],  # (B, 1)
-        }
+    embeds: list[torch.Tensor]  # each (P_i, H), in the LLM's embedding space
+    bidirectional_spans: list[tuple[int, int] | None] | None = None  # per utterance, or None: all causal
+    audio_lengths: list[int] | None = None  # audio positions per prefix (reported in decode statistics only)
 
 
 def prefix_lm_mask(padding_mask: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:

@@ -3,9 +3,9 @@
 An example's sequence is prompt + audio positions + post-audio ids (separator / assistant header) + target + end
 token, and must fit the LLM's ``max_position_embeddings``: beyond it a RoPE model runs on silently at positions it
 never saw, a learned-position model fails. The audio positions are only known after running the front-end, so an
-upper bound from the frame count stands in: the CTC compressor's subsampled length (compression never lengthens
-it), else the frame count itself. An example whose bound exceeds the context is dropped from its dataset, and the
-count goes to the log (train.log).
+upper bound from the frame count stands in (``SpeechLLM.audio_positions_bound``: e.g. the CTC compressor's
+subsampled length, as compression never lengthens it, through the adapter's output lengths). An example whose
+bound exceeds the context is dropped from its dataset, and the count goes to the log (train.log).
 
 Example::
 
@@ -18,27 +18,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-import torch
-
 from speechllm_cli.models.llm import llm_context_length
 
 logger = logging.getLogger(__name__)
 
 
-def audio_positions_bound(model, num_frames: Sequence[int]) -> list[int]:
-    """An upper bound of the audio positions ``model`` gives each utterance of ``num_frames`` fbank frames."""
-    compressor = getattr(model, "compressor", None)
-    if compressor is not None and hasattr(compressor, "subsampling"):
-        from speechllm_cli.models.subsampling import subsampled_lengths
-
-        return subsampled_lengths(torch.tensor(list(num_frames), dtype=torch.long)).tolist()
-    return [int(n) for n in num_frames]
-
-
 def sequence_bounds(model, dataset, prompt_ids_of: Callable[[dict], list[int]], target_key: str) -> list[int]:
     """Per example of ``dataset`` (a DumpDataset): an upper bound of its LLM sequence length in positions."""
     metas = [dataset.meta(i) for i in range(len(dataset))]
-    audio = audio_positions_bound(model, [m["num_frames"] for m in metas])
+    audio = model.audio_positions_bound([m["num_frames"] for m in metas])
     texts = [m.get(target_key) or "" for m in metas]
     targets = model.tokenizer(texts, add_special_tokens=False).input_ids if texts else []
     tail = len(model.post_audio_ids) + 1  # + end token

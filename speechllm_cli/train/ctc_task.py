@@ -4,17 +4,17 @@ The experiment config (``conf/train_ctc.yaml``) has the sections ``tokenizer`` (
 ``data/token_list/<name>``), ``target_table`` (``text.src``: the CTC targets), ``model``
 (``CTCCompressorConfig``; ``vocab_size`` comes from the tokenizer) and ``train`` (``TrainConfig``).
 The global CMVN statistics of ``<train_dir>/cmvn.ark`` go into the model's buffers, so
-``<out_dir>`` alone rebuilds it: ``config.yaml`` + ``tokenizer/`` (a copy) + ``model.safetensors``.
+``<out_dir>`` alone rebuilds it: ``model.yaml`` + ``tokenizer/`` (a copy) + ``model.safetensors``.
 Validation reports the CTC loss and the greedy CER (%, spaces excluded) on the target table.
 
 Usage:
     python -m speechllm_cli.train.ctc_task --config conf/train_ctc.yaml --train-data dump/train \\
         --valid-data dump/dev --out exp/ctc_compressor [--resume] [--set train.max_steps=100] [--num-procs 2]
 
-    >>> from speechllm_cli.models.ctc_compressor_io import load_ctc_compressor           # doctest: +SKIP
+    >>> from speechllm_cli.models.load import load_model                                  # doctest: +SKIP
     >>> from speechllm_cli.train.ctc_task import train_ctc                                 # doctest: +SKIP
     >>> train_ctc("conf/train_ctc.yaml", "dump/train", "dump/dev", "exp/ctc_compressor")  # doctest: +SKIP
-    >>> model, tokenizer = load_ctc_compressor("exp/ctc_compressor", device="cpu")        # doctest: +SKIP
+    >>> model = load_model("exp/ctc_compressor", device="cpu")   # model.tokenizer: its CTC tokens # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -32,13 +32,14 @@ from torch import nn
 
 from speechllm_cli.features.cmvn import read_cmvn_stats
 from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConfig, ctc_loss, greedy_decode
+from speechllm_cli.models.ctc_compressor_io import write_ctc_record
 from speechllm_cli.score.metrics import cer
 from speechllm_cli.text.tokenizer import MODEL_NAME, TOKENS_NAME, Tokenizer
 from speechllm_cli.train.config import TrainConfig
 from speechllm_cli.train.dataset import DumpDataset, check_input_dim, require_file
 from speechllm_cli.train.entry import training_main
 from speechllm_cli.train.loop import Trainer
-from speechllm_cli.train.task import Stats, Task
+from speechllm_cli.train.task import Stats, Task, unwrap
 from speechllm_cli.utils.config import ConfigError, apply_overrides, load_dataclass, read_yaml
 from speechllm_cli.utils.io import atomic_path
 
@@ -109,6 +110,12 @@ class CTCTask(Task):
         counts = cer(batch["texts"], hyps)
         num_utts = float(len(hyps))
         return {"loss": (loss * num_utts, num_utts), "cer": (100.0 * counts.errors, float(counts.ref_len))}
+
+    def save_model(self, model: nn.Module, state: dict[str, torch.Tensor], out_dir: Path, name: str) -> Path:
+        """``<out_dir>/<name>.safetensors``; the experiment dir is the model dir, so model.yaml goes beside it."""
+        path = super().save_model(model, state, out_dir, name)
+        write_ctc_record(out_dir, unwrap(model).config)
+        return path
 
 
 def _copy_tokenizer(src: Path, out_dir: Path) -> None:

@@ -11,16 +11,20 @@ Config (YAML)::
 
     model_type: speech_llm                 # optional; decoder_only needs model.train_llm: true and model.lora.rank: 0
                                            # (`speechllm train` runs seq2seq_task for model_type: seq2seq)
-    compressor_dir: exp/ctc_compressor     # a trained CTC compressor (train_ctc's output dir)
     task: auto                             # asr for utt2lang in asr_langs, st otherwise; or a model.prompts key
     asr_langs: [en]                        # source languages whose utterances are recognised, not translated
     target: text                           # dump-dir table the model must output: text | text.src
-    model: {llm: exp/llm/smollm2_hf, compression: frame_average, lora: {rank: 2}, ...}   # SpeechLLMConfig
+    model:                                 # SpeechLLMConfig
+      llm: exp/llm/smollm2_hf
+      frontend: {type: ctc_compressor, dir: exp/ctc_compressor, compression: frame_average}
+      adapter: {type: transformer, num_layers: 4}      # or stack_mlp, conv, qformer (models/adapters/)
+      lora: {rank: 2}
     train: {lr: 1e-4, epochs: 10, ...}                                                    # TrainConfig
 
 ``<out_dir>/model`` (and ``model.best``, ``model.avg``) are saved speech-LLM dirs: load them with
-``speechllm_cli.models.speech_llm.load_speech_llm``. Checkpoints hold the trainable state only (with
-``train_llm`` that includes every LLM weight). model_info.json records the config's model_type.
+``speechllm_cli.models.load.load_model``; they record task, asr_langs and target for decoding. Checkpoints hold
+the trainable state only (with ``train_llm`` that includes every LLM weight). model_info.json records the config's
+model_type.
 """
 
 from __future__ import annotations
@@ -36,7 +40,12 @@ from torch import nn
 
 from speechllm_cli.models.audio_use import audio_dependence, derived_metrics
 from speechllm_cli.models.speech_llm import SpeechLLMConfig
-from speechllm_cli.models.speech_llm_io import LLMMismatchError, build_speech_llm, save_speech_llm
+from speechllm_cli.models.speech_llm_io import (
+    FrontEndMismatchError,
+    LLMMismatchError,
+    build_speech_llm,
+    save_speech_llm,
+)
 from speechllm_cli.train.config import TrainConfig
 from speechllm_cli.train.context_limit import drop_over_context
 from speechllm_cli.train.dataset import DumpDataset
@@ -51,7 +60,6 @@ TARGET_FIELDS = {"text": "text", "text.src": "text_src"}  # dump table -> DumpDa
 @dataclasses.dataclass
 class SpeechLLMExperiment:
     model_type: Literal["speech_llm", "decoder_only"] = "speech_llm"  # `speechllm train` dispatches on it
-    compressor_dir: str = ""
     task: str = "auto"  # "auto": per utterance from utt2lang (asr_langs -> "asr", others -> "st"); or a prompt key
     asr_langs: list[str] = dataclasses.field(default_factory=lambda: ["en"])
     target: Literal["text", "text.src"] = "text"
@@ -72,7 +80,7 @@ class SpeechLLMTask(Task):
         self.tokenizer = None
 
     def build_model(self) -> nn.Module:
-        model = build_speech_llm(self.config.model, self.config.compressor_dir)
+        model = build_speech_llm(self.config.model)
         self.prompt_ids = {task: model.prompt_ids(task) for task in model.config.prompts}
         self.tokenizer = model.tokenizer
         drop_over_context(model, self.datasets, lambda e: self.prompt_ids[self.task_of(e)],
@@ -128,8 +136,8 @@ class SpeechLLMTask(Task):
 
     def save_model(self, model: nn.Module, state: dict[str, torch.Tensor], out_dir: Path, name: str) -> Path:
         self.load_trainable_state_dict(model, state)
-        extra = {"task": self.config.task, "asr_langs": list(self.config.asr_langs), "target": self.config.target}
-        return save_speech_llm(unwrap(model), Path(out_dir) / name, extra=extra)
+        training = {"task": self.config.task, "asr_langs": list(self.config.asr_langs), "target": self.config.target}
+        return save_speech_llm(unwrap(model), Path(out_dir) / name, training=training, model_type=self.model_type)
 
 
 def load_experiment(config_path: str | os.PathLike, overrides: dict | None = None) -> SpeechLLMExperiment:
@@ -140,8 +148,9 @@ def load_experiment(config_path: str | os.PathLike, overrides: dict | None = Non
         raise ConfigError(f"{config_path}: model_type: decoder_only trains every LLM weight: set model.train_llm: true "
                           f"and model.lora.rank: 0 (got train_llm: {str(exp.model.train_llm).lower()}, "
                           f"lora.rank: {exp.model.lora.rank})")
-    if not exp.compressor_dir:
-        raise ConfigError(f"{config_path}: compressor_dir is empty; set it to a trained CTC compressor dir")
+    if getattr(exp.model.frontend, "dir", None) == "":
+        raise ConfigError(f"{config_path}: model.frontend.dir is empty; set it to the front-end's trained model dir "
+                          "(e.g. --set model.frontend.dir=exp/ctc_compressor)")
     needed = ("asr", "st") if exp.task == "auto" else (exp.task,)
     missing = [task for task in needed if task not in exp.model.prompts]
     if missing:
@@ -173,7 +182,7 @@ def train_speechllm(
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry (also what torchrun runs in each process)."""
     training_main(argv, "speechllm_cli.train.speechllm_task", train_speechllm, out_example="exp/speechllm",
-                  valid_required=False, errors=(LLMMismatchError,))
+                  valid_required=False, errors=(LLMMismatchError, FrontEndMismatchError))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ Example (a speech-LLM task, sketched)::
 
     class SpeechLLMTask(Task):
         def __init__(self, config): self.config = config
-        def build_model(self): return build_speech_llm(self.config.model, self.config.compressor_dir)
+        def build_model(self): return build_speech_llm(self.config.model)
         def collate(self, examples): ...   # feats (B, T, 80), feat_lens (B,), prompt/target ids
         def compute_loss(self, model, batch):
             loss, s = model(batch["feats"], batch["feat_lens"], batch["prompt_ids"], batch["target_ids"])

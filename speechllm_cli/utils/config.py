@@ -181,18 +181,24 @@ def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
     return _merge(read_yaml(base, (*_seen, path.resolve())), data)
 
 
+def _changes_type(base: Any, overlay: dict) -> bool:
+    """A section whose ``type`` the overlay changes (a front-end, an adapter) starts from the new type's defaults."""
+    return isinstance(base, dict) and "type" in overlay and overlay["type"] != base.get("type")
+
+
 def _merge(base: dict, overlay: dict) -> dict:
-    """``base`` updated by ``overlay``, nested mappings merged key by key."""
+    """``base`` updated by ``overlay``, nested mappings merged key by key (a changed ``type`` replaces the section)."""
     merged = dict(base)
     for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and not _changes_type(merged[key], value):
             value = _merge(merged[key], value)
         merged[key] = value
     return merged
 
 
 def apply_overrides(mapping: dict, overrides: dict | None) -> dict:
-    """A copy of ``mapping`` with dotted keys set: ``{"train.max_steps": 10, "tokenizer": "x"}``."""
+    """A copy of ``mapping`` with dotted keys set: ``{"train.max_steps": 10, "tokenizer": "x"}``; setting a
+    section's ``type`` to another one empties the section first (``model.adapter.type=conv``: conv's defaults)."""
     result = yaml.safe_load(yaml.safe_dump(mapping))  # deep copy of plain data
     for dotted, value in (overrides or {}).items():
         node = result
@@ -201,6 +207,8 @@ def apply_overrides(mapping: dict, overrides: dict | None) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {dotted}: '{part}' is not a section")
+        if leaf == "type" and _changes_type(node, {"type": value}):
+            node.clear()
         node[leaf] = value
     return result
 

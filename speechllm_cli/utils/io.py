@@ -7,6 +7,7 @@ process umask), not ``tempfile``'s private 0600 / 0700, so a group that shares a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -88,3 +89,14 @@ def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
+
+
+def files_sha256(files: list[Path]) -> str:
+    """sha256 (hex) over ``files`` in the order given: each file's name, a NUL, then its bytes (streamed)."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(Path(file).name.encode() + b"\0")
+        with open(file, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()

@@ -6,8 +6,10 @@
 #   local/run_ablations.sh --epochs 0         # each config's own number of epochs (real corpora)
 #   local/run_ablations.sh --only "base compression_blank_remove"
 # Systems (exp/ablations/<name>): the base (conf/train_speechllm.yaml), each conf/tuning/ablation_*.yaml (one change
-# each: compression, encoder mask, LLM attention over the audio, LoRA rank, the LLM from scratch) and the small
-# decoder-only model from scratch (conf/train_decoder_only.yaml, its own LLaMA built by `speechllm init-llm`).
+# each: compression, encoder mask, LLM attention over the audio, LoRA rank, the LLM from scratch), each
+# conf/tuning/adapter_*.yaml (the survey's adapters: stacking MLP, strided convolution, window Q-Former, and
+# fixed-rate stacking without CTC compression) and the small decoder-only model from scratch
+# (conf/train_decoder_only.yaml, its own LLaMA built by `speechllm init-llm`).
 set -euo pipefail
 
 log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"; }
@@ -39,7 +41,7 @@ fi
   --tokenizer "${tgt_token_list}" --out "${decoder_only_llm}"
 
 systems=(base:conf/train_speechllm.yaml:${llm})
-for config in conf/tuning/ablation_*.yaml; do
+for config in conf/tuning/ablation_*.yaml conf/tuning/adapter_*.yaml; do
   name=$(basename "${config}" .yaml); name=${name#ablation_}
   system_llm=${llm}; [ "${name}" = llm_scratch ] && system_llm=${scratch_like_llm}
   systems+=("${name}:${config}:${system_llm}")

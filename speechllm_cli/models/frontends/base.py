@@ -1,0 +1,28 @@
+"""What every front-end is: a padded batch of features -> frame vectors, their lengths and (optionally) CTC label
+posteriors per frame.
+
+A front-end is an ``nn.Module`` with
+
+- ``forward(feats, feat_lens, with_posteriors=False) -> FrontEndOutput``: feats (B, T, F) as the dump dir holds them
+  (raw fbank: normalisation is the front-end's own), frames (B, A, output_dim) float, zero or junk past ``lens``.
+- ``max_output_lengths(feat_lens)``: an upper bound of ``lens`` without running it (the LLM context check).
+- ``output_dim`` (int); ``num_labels`` and ``pieces`` (its CTC vocabulary in id order) when it has CTC posteriors
+  (the label table needs them; 0 and None otherwise).
+- ``from_config(config, device)``: load what its config names (a trained model dir); ``source_hash(config)`` (a
+  staticmethod): a content hash of that model without loading it, recorded by a speech LLM and checked before it
+  decodes again (None when there is nothing to hash); ``content_hash()``: the same for the loaded front-end.
+
+Register a new one in ``speechllm_cli/models/frontends/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class FrontEndOutput(NamedTuple):
+    frames: torch.Tensor  # (B, A, output_dim) float
+    lens: torch.Tensor  # (B,)
+    posteriors: torch.Tensor | None  # (B, A, num_labels) CTC label posteriors of each frame, rows sum to 1

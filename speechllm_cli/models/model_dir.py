@@ -1,0 +1,56 @@
+"""One saved-model format: every model dir has ``model.yaml`` with ``model_type`` (``models/load.py: load_model``
+reads any of them).
+
+Example::
+
+    from speechllm_cli.models.model_dir import read_model_record
+
+    read_model_record("exp/speechllm/model")["model_type"]     # "speech_llm"
+
+``model.yaml`` of each type (what else the dir holds is in each type's io module)::
+
+    model_type: ctc_compressor      config (CTCCompressorConfig), weights, tokenizer       ctc_compressor_io.py
+    model_type: seq2seq             config (the experiment config), weights, tokenizer     seq2seq_io.py
+    model_type: speech_llm          config (SpeechLLMConfig), llm {path, hash},            speech_llm_io.py
+    model_type: decoder_only          frontend_hash, training {task, asr_langs, target}
+
+To add a model type: write its save/load module, add a ``MODEL_TYPES`` line and a branch in ``load.py``, and teach
+``speechllm decode`` its scorer (``decode/decode.py: load_decode_model``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from speechllm_cli.utils.io import atomic_write_text
+
+RECORD_NAME = "model.yaml"
+MODEL_TYPES = ("ctc_compressor", "seq2seq", "speech_llm", "decoder_only")
+
+
+def write_model_record(model_dir: str | os.PathLike, model_type: str, **fields) -> Path:
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type {model_type!r} is not one of {MODEL_TYPES}")
+    path = Path(model_dir) / RECORD_NAME
+    atomic_write_text(path, yaml.safe_dump({"model_type": model_type, **fields}, sort_keys=False))
+    return path
+
+
+def read_model_record(model_dir: str | os.PathLike, expect: tuple[str, ...] = MODEL_TYPES) -> dict:
+    """The parsed ``model.yaml`` of ``model_dir``; its model_type must be one of ``expect``."""
+    path = Path(model_dir) / RECORD_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {model_dir} is not a saved model dir (training writes "
+                                f"{RECORD_NAME}; give `speechllm train --out`'s dir or its model/ dir)")
+    record = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    model_type = record.get("model_type") if isinstance(record, dict) else None
+    if model_type not in expect:
+        raise ValueError(f"{path}: model_type {model_type!r} where one of {list(expect)} is needed")
+    return record
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / RECORD_NAME).is_file()
