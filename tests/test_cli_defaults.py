@@ -20,6 +20,7 @@ from speechllm_cli.decode.decode import decode
 from speechllm_cli.decode.decode_io import read_nbest
 from speechllm_cli.decode.options import DecodeOptions, DecodeRun, RescoreOptions
 from speechllm_cli.decode.rescore import rescore
+from speechllm_cli.diagnose.options import DiagnoseOptions
 from speechllm_cli.train.entry import OPTIONS_NAME, TrainingOptions, parse_training_args, training_main
 from speechllm_cli.utils.config import ConfigError
 from speechllm_cli.utils.options import field_default, read_options, write_options
@@ -61,8 +62,9 @@ def test_decode_command_takes_its_defaults_from_decode_options_and_decode_run():
 
 
 def test_rescore_and_training_commands_take_their_defaults_from_their_dataclasses():
-    assert_defaults_from("rescore", RescoreOptions, cli_only={"asr_langs": " ".join(RescoreOptions().asr_langs)})
+    assert_defaults_from("rescore", RescoreOptions)  # asr_langs None: those the tuning n-best was decoded with
     assert {f.name for f in dataclasses.fields(RescoreOptions)} <= set(command_defaults("rescore"))
+    assert_defaults_from("diagnose", DiagnoseOptions)
     for command in ("train", "train-ctc"):
         assert_defaults_from(command, TrainingOptions)
         assert {"resume", "set_", "num_procs"} <= set(command_defaults(command))

@@ -194,6 +194,13 @@ def test_tuned_weight_on_dev_then_score(llm, llm_dir, test_dir, tmp_path):
     assert set(scored["groups"]) == {"all_st", "all_asr", "de", "en", "fr"}
     assert (out / "result.txt").exists()
 
+    # a dev n-best decoded by a model trained to recognise German too: tuning follows its decode.yaml
+    (dev_dir / "decode.yaml").write_text(yaml.safe_dump({"config": {"asr_langs": ["en", "de"]}}))
+    rescore(test_dir / "nbest.txt", llm_dir, tmp_path / "by_record", tune_nbest=str(dev_dir / "nbest.txt"),
+            grid="0:1:0.5")
+    assert (tmp_path / "by_record" / "weight_search.txt").read_text().startswith("# BLEU over the 1 ST utterances")
+    assert yaml.safe_load((tmp_path / "by_record" / "rescore.yaml").read_text())["asr_langs"] == ["en", "de"]
+
 
 def test_tuning_needs_dev_refs(llm_dir, test_dir, tmp_path):
     dev_dir = tmp_path / "decode_dev"

@@ -21,6 +21,7 @@ import typer
 
 from speechllm_cli.commands.common import ConfigOption, fail, logger, option
 from speechllm_cli.decode.options import ASR_LANGS, DecodeOptions, DecodeRun, RescoreOptions
+from speechllm_cli.diagnose.options import DiagnoseOptions
 
 
 def decode_cmd(
@@ -78,8 +79,8 @@ def rescore_cmd(
                                      "utt2lang): pick the weight from --grid there (dev BLEU, or -WER for ASR-only "
                                      "sets); replaces --weight."),
     grid: str = option(RescoreOptions, "grid", help="Weights tried with --tune-nbest: start:stop:step, stop included."),
-    asr_langs: str = typer.Option(" ".join(RescoreOptions.asr_langs),
-                                  help="Source languages scored as recognition (WER) when tuning."),
+    asr_langs: str | None = typer.Option(None, help="Source languages scored as recognition (WER) when tuning, e.g. "
+                                         "'en' (default: those the tuning n-best was decoded with)."),
     device: str = option(RescoreOptions, "device", help="cpu or cuda."),
     dtype: str = option(RescoreOptions, "dtype", help="LLM dtype: float32, bfloat16 or float16."),
     config: Path | None = ConfigOption,
@@ -89,7 +90,7 @@ def rescore_cmd(
 
     options = RescoreOptions(weight=weight, length_normalise=length_normalise, batch_size=batch_size,
                              tune_nbest=str(tune_nbest) if tune_nbest else None, grid=grid,
-                             asr_langs=tuple(asr_langs.split()), device=device, dtype=dtype)
+                             asr_langs=tuple(asr_langs.split()) if asr_langs else None, device=device, dtype=dtype)
     try:
         rescore(nbest, llm, out, options)
     except (FileNotFoundError, ValueError) as exc:
@@ -102,22 +103,24 @@ def diagnose_cmd(
     decode_dir: Path | None = typer.Option(None, help="Decode dir whose distinct hypotheses to count "
                                            "(default MODEL/decode_<set> when it exists)."),
     out: Path | None = typer.Option(None, help="JSON report (default MODEL/diagnose_<set>.json)."),
-    batch_size: int = typer.Option(16, help="Utterances per batch (the rolled audio comes from the same batch)."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
-    llm: Path | None = typer.Option(None, help="The LLM, when it moved since training (same content hash)."),
+    batch_size: int = option(DiagnoseOptions, "batch_size",
+                             help="Utterances per batch (the rolled audio comes from the same batch)."),
+    device: str = option(DiagnoseOptions, "device", help="cpu or cuda."),
+    llm: Path | None = option(DiagnoseOptions, "llm_path", help="The LLM, when it moved since training (same "
+                              "content hash)."),
     config: Path | None = ConfigOption,
 ) -> None:
     """Does the model use its audio? Loss with true / rolled / no audio, embedding norms and similarity, and
     distinct hypotheses per language."""
     from speechllm_cli.data.kaldi_dir import DataDirError
     from speechllm_cli.diagnose.report import diagnose, format_report, write_report
-    from speechllm_cli.models.speech_llm_io import LLMMismatchError
 
     if decode_dir is None and (model / f"decode_{data.name}" / "hyp.txt").is_file():
         decode_dir = model / f"decode_{data.name}"
     try:
-        report = diagnose(model, data, decode_dir, batch_size=batch_size, device=device, llm_path=llm)
-    except (DataDirError, FileNotFoundError, ValueError, LLMMismatchError) as exc:
+        options = DiagnoseOptions(batch_size=batch_size, device=device, llm_path=str(llm) if llm else None)
+        report = diagnose(model, data, decode_dir, options)
+    except (DataDirError, FileNotFoundError, ValueError, RuntimeError) as exc:  # RuntimeError: LLM/front-end mismatch
         fail(str(exc))
     print(format_report(report))
     logger.info("wrote %s", write_report(report, out or model / f"diagnose_{data.name}.json"))

@@ -71,6 +71,7 @@ class RescoreOptions:
     batch_size: int = 16  # hypotheses per LLM forward
     tune_nbest: str | None = None  # a dev nbest.txt to pick the weight on (from ``grid``); replaces ``weight``
     grid: str = "0:1:0.1"  # weights tried with ``tune_nbest``: start:stop:step, stop included
-    asr_langs: tuple[str, ...] = ASR_LANGS  # source languages scored as recognition (WER) when tuning
+    asr_langs: tuple[str, ...] | None = None  # languages scored as recognition (WER) when tuning; None: those the
+    # tuning n-best was decoded with (its decode.yaml, i.e. the model's training choice), else ASR_LANGS
     device: str = "cpu"  # cpu or cuda
     dtype: str = "float32"  # LLM dtype: float32, bfloat16 or float16

@@ -195,6 +195,15 @@ def tune_weight(nbest: dict[str, list[dict]], llm_scores: dict[str, LMScore], re
     return best_weight, "\n".join(lines) + "\n"
 
 
+def decoded_asr_langs(decode_dir: Path) -> tuple[str, ...]:
+    """The ASR languages a decode dir was decoded with (its decode.yaml; the model's training choice unless the
+    decode said otherwise), else ASR_LANGS."""
+    record_path = decode_dir / "decode.yaml"
+    record = yaml.safe_load(record_path.read_text(encoding="utf-8")) if record_path.is_file() else None
+    langs = ((record or {}).get("config") or {}).get("asr_langs")
+    return tuple(langs) if langs else ASR_LANGS
+
+
 def rescore(nbest_path: str | Path, llm: str | Path, out_dir: str | Path, options: RescoreOptions | None = None,
             command: str | None = None, **fields) -> float:
     """Re-rank ``nbest_path`` with the LLM ``llm`` into the decode dir ``out_dir`` (see the module docstring), with
@@ -221,6 +230,7 @@ def rescore(nbest_path: str | Path, llm: str | Path, out_dir: str | Path, option
     if tune_nbest is not None:
         llm_scores = llm_logprobs(model, tokenizer, [h["text"] for hs in dev_nbest.values() for h in hs],
                                    opts.batch_size)
+        opts.asr_langs = opts.asr_langs or decoded_asr_langs(Path(tune_nbest).parent)
         weight, table = tune_weight(dev_nbest, llm_scores, dev_tables["ref.txt"], dev_tables["utt2lang"], weights,
                                     opts.length_normalise, opts.asr_langs)
         atomic_write_text(out_dir / "weight_search.txt", table)
@@ -235,7 +245,7 @@ def rescore(nbest_path: str | Path, llm: str | Path, out_dir: str | Path, option
     atomic_write_text(out_dir / "nbest.txt", format_nbest(reranked))
     record = {"nbest": str(nbest_path), "llm": str(llm), "weight": weight, "length_normalise": opts.length_normalise,
               "tune_nbest": str(tune_nbest) if tune_nbest is not None else None,
-              "grid": opts.grid if tune_nbest is not None else None, "asr_langs": list(opts.asr_langs),
+              "grid": opts.grid if tune_nbest is not None else None, "asr_langs": list(opts.asr_langs or ()),
               "llm_sequence": "<bos> text <eos> (eos as context when there is no bos); end token scored",
               "llm_params": sum(p.numel() for p in model.parameters()),
               "num_utts": len(nbest), "changed_1best": changed, "command": command or shlex.join(sys.argv)}

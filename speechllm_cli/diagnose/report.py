@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from speechllm_cli.data.kaldi_dir import read_table
+from speechllm_cli.diagnose.options import DiagnoseOptions
 from speechllm_cli.models.audio_use import (
     derived_metrics,
     embedding_stats,
@@ -58,8 +59,9 @@ def _batches(dataset, batch_size: int) -> list[list[int]]:
 
 @torch.no_grad()
 def diagnose(model: str | os.PathLike, data: str | os.PathLike, decode_dir: str | os.PathLike | None = None,
-             batch_size: int = 16, device: str = "cpu", llm_path: str | os.PathLike | None = None) -> dict:
+             options: DiagnoseOptions | None = None) -> dict:
     """The audio-use report of the speech LLM in ``model`` (an experiment or model dir) on the dump dir ``data``."""
+    options = options or DiagnoseOptions()
     from speechllm_cli.decode.decode import resolve_model_dir, trained_task_choice
     from speechllm_cli.models.load import load_model
     from speechllm_cli.train.dataset import DumpDataset
@@ -67,17 +69,17 @@ def diagnose(model: str | os.PathLike, data: str | os.PathLike, decode_dir: str 
 
     model_dir = resolve_model_dir(model)
     task, asr_langs = trained_task_choice(model_dir, None, None)  # None: per utterance from utt2lang
-    speech_llm = load_model(model_dir, device=device, llm_path=llm_path).eval()
+    speech_llm = load_model(model_dir, device=options.device, llm_path=options.llm_path).eval()
     target = speech_llm.training_choice.get("target", "text")
     dataset = DumpDataset(data, require=(target, "utt2lang") if task is None else (target,))
 
     totals: dict[str, list[float]] = {}
     means, norms = [], []
-    for indices in tqdm(_batches(dataset, batch_size), desc="diagnose", unit="batch", disable=None):
+    for indices in tqdm(_batches(dataset, options.batch_size), desc="diagnose", unit="batch", disable=None):
         examples = [dataset[i] for i in indices]
         feats = [torch.from_numpy(e["feats"]) for e in examples]
-        feat_lens = torch.tensor([len(f) for f in feats], device=device)
-        padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(device)  # (B, T, 80)
+        feat_lens = torch.tensor([len(f) for f in feats], device=options.device)
+        padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(options.device)  # (B, T, 80)
         tasks = [task or ("asr" if e["lang"] in asr_langs else "st") for e in examples]
         prompts = [speech_llm.prompt_ids(t) for t in tasks]
         targets = [speech_llm.encode_target(e[TARGET_FIELDS[target]]) for e in examples]
