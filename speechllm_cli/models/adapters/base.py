@@ -29,6 +29,19 @@ import math
 import torch
 
 
+def check_config(config, positive: tuple[str, ...]) -> None:
+    """ValueError naming the ``model.adapter`` key to fix: the ``positive`` fields must be positive ints, ``dropout``
+    in [0, 1), and ``d_model`` (where there is one) divisible by ``num_heads``."""
+    for key in positive:
+        value = getattr(config, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"model.adapter.{key} must be a positive int, got {value!r}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise ValueError(f"model.adapter.dropout must be in [0, 1), got {config.dropout!r}")
+    if hasattr(config, "num_heads") and config.d_model % config.num_heads:
+        raise ValueError(f"model.adapter.d_model {config.d_model} is not divisible by num_heads {config.num_heads}")
+
+
 def num_windows(lens: torch.Tensor, window: int) -> torch.Tensor:
     """ceil(lens / window), at least 1 (an empty utterance still gives one output position)."""
     return ((lens + window - 1) // window).clamp(min=1)

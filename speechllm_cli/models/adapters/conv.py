@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechllm_cli.models.adapters.base import num_windows, valid_mask, window_mean
+from speechllm_cli.models.adapters.base import check_config, num_windows, valid_mask, window_mean
 
 
 @dataclass
@@ -40,15 +40,10 @@ class ConvAdapter(nn.Module):
 
     def __init__(self, config: ConvAdapterConfig, input_dim: int, llm_dim: int):
         super().__init__()
-        for key in ("stride", "kernel", "channels"):
-            value = getattr(config, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.adapter.{key} must be a positive int, got {value!r}")
+        check_config(config, positive=("stride", "kernel", "channels"))
         if config.kernel < config.stride:
             raise ValueError(f"model.adapter.kernel {config.kernel} must be >= stride {config.stride} "
                              "(a smaller kernel would skip input frames)")
-        if not 0.0 <= config.dropout < 1.0:
-            raise ValueError(f"model.adapter.dropout must be in [0, 1), got {config.dropout!r}")
         self.config = config
         self.conv = nn.Conv1d(input_dim, config.channels, config.kernel, config.stride)
         self.dropout = nn.Dropout(config.dropout)

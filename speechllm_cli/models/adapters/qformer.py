@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from speechllm_cli.models.adapters.base import num_windows, pad_to_windows, window_mean
+from speechllm_cli.models.adapters.base import check_config, num_windows, pad_to_windows, window_mean
 from speechllm_cli.models.subsampling import sinusoidal_positions
 
 
@@ -43,14 +43,7 @@ class QFormerAdapter(nn.Module):
 
     def __init__(self, config: QFormerAdapterConfig, input_dim: int, llm_dim: int):
         super().__init__()
-        for key in ("window", "queries", "num_layers", "d_model", "num_heads", "ff_dim"):
-            value = getattr(config, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.adapter.{key} must be a positive int, got {value!r}")
-        if config.d_model % config.num_heads:
-            raise ValueError(f"model.adapter.d_model {config.d_model} is not divisible by num_heads {config.num_heads}")
-        if not 0.0 <= config.dropout < 1.0:
-            raise ValueError(f"model.adapter.dropout must be in [0, 1), got {config.dropout!r}")
+        check_config(config, positive=("window", "queries", "num_layers", "d_model", "num_heads", "ff_dim"))
         self.config = config
         self.input_proj = nn.Linear(input_dim, config.d_model)
         self.dropout = nn.Dropout(config.dropout)

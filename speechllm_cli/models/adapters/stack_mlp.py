@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechllm_cli.models.adapters.base import num_windows, pad_to_windows, window_mean
+from speechllm_cli.models.adapters.base import check_config, num_windows, pad_to_windows, window_mean
 
 
 @dataclass
@@ -37,12 +37,7 @@ class StackMLPAdapter(nn.Module):
 
     def __init__(self, config: StackMLPAdapterConfig, input_dim: int, llm_dim: int):
         super().__init__()
-        for key in ("stack", "hidden_dim"):
-            value = getattr(config, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.adapter.{key} must be a positive int, got {value!r}")
-        if not 0.0 <= config.dropout < 1.0:
-            raise ValueError(f"model.adapter.dropout must be in [0, 1), got {config.dropout!r}")
+        check_config(config, positive=("stack", "hidden_dim"))
         self.config = config
         self.input_proj = nn.Linear(config.stack * input_dim, config.hidden_dim)
         self.dropout = nn.Dropout(config.dropout)

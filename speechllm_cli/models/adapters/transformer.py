@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from speechllm_cli.models.adapters.base import check_config
 from speechllm_cli.models.subsampling import sinusoidal_positions
 
 
@@ -40,8 +41,7 @@ class TransformerAdapter(nn.Module):
 
     def __init__(self, config: TransformerAdapterConfig, input_dim: int, llm_dim: int):
         super().__init__()
-        if config.d_model % config.num_heads:
-            raise ValueError(f"adapter d_model {config.d_model} is not divisible by num_heads {config.num_heads}")
+        check_config(config, positive=("num_layers", "d_model", "num_heads", "ff_dim"))
         self.config = config
         self.input_proj = nn.Linear(input_dim, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
