@@ -29,6 +29,7 @@ from speechllm_cli.utils.io import atomic_write_text
 
 RECORD_NAME = "model.yaml"
 MODEL_TYPES = ("ctc_compressor", "seq2seq", "speech_llm", "decoder_only")
+OLDER_RECORDS = ("speech_llm.yaml", "model.json")  # what model dirs held before model.yaml
 
 
 def write_model_record(model_dir: str | os.PathLike, model_type: str, **fields) -> Path:
@@ -43,8 +44,11 @@ def read_model_record(model_dir: str | os.PathLike, expect: tuple[str, ...] = MO
     """The parsed ``model.yaml`` of ``model_dir``; its model_type must be one of ``expect``."""
     path = Path(model_dir) / RECORD_NAME
     if not path.is_file():
+        older = [name for name in OLDER_RECORDS if (Path(model_dir) / name).is_file()]
+        hint = (f"; its {older[0]} was written by an older speechllm whose layout this one does not read: retrain "
+                "it (the recipe's stage 5)") if older else ""
         raise FileNotFoundError(f"{path} not found: {model_dir} is not a saved model dir (training writes "
-                                f"{RECORD_NAME}; give `speechllm train --out`'s dir or its model/ dir)")
+                                f"{RECORD_NAME}; give `speechllm train --out`'s dir or its model/ dir){hint}")
     record = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     model_type = record.get("model_type") if isinstance(record, dict) else None
     if model_type not in expect:
