@@ -65,7 +65,7 @@ from speechllm_cli.decode.search import Scorer, cap_to_context, max_new_tokens_f
 from speechllm_cli.features.feats_reader import FeatsReader
 from speechllm_cli.models.llm import llm_context_length
 from speechllm_cli.models.load import load_model
-from speechllm_cli.models.model_dir import is_model_dir, read_model_record
+from speechllm_cli.models.model_dir import SPEECH_LLM_TYPES, is_model_dir, read_model_record
 from speechllm_cli.utils.jobs import run_jobs
 from speechllm_cli.utils.options import read_options, split_fields, write_options
 
@@ -142,7 +142,7 @@ def load_decode_model(model_dir: str | Path, device: str = "cpu", llm_path: str 
     if model_type == "seq2seq":
         model = load_model(model_dir, device)
         return seq2seq_decode_model(model, model.tokenizer, ctc_weight=ctc_weight)
-    if model_type in ("speech_llm", "decoder_only"):
+    if model_type in SPEECH_LLM_TYPES:
         if ctc_weight > 0:
             raise ValueError(f"--ctc-weight is for seq2seq models; {model_dir} is a speech-LLM (it has no CTC head)")
         return speech_llm_decode_model(load_model(model_dir, device=device, llm_path=llm_path))
@@ -153,7 +153,7 @@ def load_decode_model(model_dir: str | Path, device: str = "cpu", llm_path: str 
 def check_sources_unchanged(model_dir: str | Path) -> None:
     """A speech LLM's front-end is still the one it was trained with (FrontEndMismatchError otherwise)."""
     record = read_model_record(model_dir)
-    if record["model_type"] in ("speech_llm", "decoder_only"):
+    if record["model_type"] in SPEECH_LLM_TYPES:
         from speechllm_cli.models.speech_llm_io import check_frontend_unchanged
 
         check_frontend_unchanged(model_dir, record)

@@ -28,7 +28,8 @@ import yaml
 from speechllm_cli.utils.io import atomic_write_text
 
 RECORD_NAME = "model.yaml"
-MODEL_TYPES = ("ctc_compressor", "seq2seq", "speech_llm", "decoder_only")
+SPEECH_LLM_TYPES = ("speech_llm", "decoder_only")  # saved by speech_llm_io, decoded with the LLM scorer
+MODEL_TYPES = ("ctc_compressor", "seq2seq", *SPEECH_LLM_TYPES)
 OLDER_RECORDS = ("speech_llm.yaml", "model.json")  # what model dirs held before model.yaml
 
 

@@ -105,9 +105,11 @@ class SpeechLLM(nn.Module):
     """Frozen front-end + trainable adapter (+ label table) + frozen LLM (+ trainable LoRA when ``lora.rank > 0``),
     or a trainable LLM when ``config.train_llm``."""
 
-    def __init__(self, config: SpeechLLMConfig, frontend: nn.Module, llm: nn.Module, tokenizer, lora_dir=None):
+    def __init__(self, config: SpeechLLMConfig, frontend: nn.Module, llm: nn.Module, tokenizer, lora_dir=None,
+                 new_label_table: bool = True):
         """``frontend``: a built front-end (frontends/); ``lora_dir``: a saved LoRA adapter to load (else a new one).
-        A new label table starts from the front-end's CTC pieces; a loaded model gets its trained weights after."""
+        ``new_label_table``: start the label table from the front-end's CTC pieces (False when the trained table is
+        loaded right after, as speech_llm_io does)."""
         super().__init__()
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -147,7 +149,7 @@ class SpeechLLM(nn.Module):
             self.label_table = LabelTable(frontend.num_labels, llm_dim)
             nn.init.zeros_(self.adapter.output_proj.weight)  # the adapter starts silent: a residual on the table
             nn.init.zeros_(self.adapter.output_proj.bias)
-            if frontend.pieces is not None:
+            if new_label_table and frontend.pieces is not None:
                 embeddings = self.hf_llm.get_input_embeddings().weight
                 rows = self.label_table.init_from_pieces(frontend.pieces, self.tokenizer, embeddings)
                 logger.info("label table: %d of %d CTC pieces start as their LLM token embeddings", rows,

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from speechllm_cli.models.frontends import FRONTENDS, build_frontend, frontend_config
 from speechllm_cli.models.llm import find_embedded_gguf, llm_content_hash, load_llm
-from speechllm_cli.models.model_dir import read_model_record, write_model_record
+from speechllm_cli.models.model_dir import SPEECH_LLM_TYPES, read_model_record, write_model_record
 from speechllm_cli.utils.io import atomic_dir
 
 if TYPE_CHECKING:
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MODEL_TYPES = ("speech_llm", "decoder_only")
 AUDIO_NAME = "audio.safetensors"
 LORA_DIR = "lora"
 LORA_WEIGHTS_NAME = "adapter_model.safetensors"  # PEFT's file name inside LORA_DIR
@@ -91,8 +90,8 @@ def save_speech_llm(model: SpeechLLM, out_dir: str | os.PathLike, training: dict
                     model_type: str = "speech_llm", extra: dict | None = None) -> Path:
     """Write the audio side, the LoRA adapter (or with ``train_llm`` the LLM weights) and model.yaml to ``out_dir``
     (replaced atomically). ``training``: the task choice it was trained with (decoding's defaults)."""
-    if model_type not in MODEL_TYPES:
-        raise ValueError(f"model_type {model_type!r} is not one of {MODEL_TYPES}")
+    if model_type not in SPEECH_LLM_TYPES:
+        raise ValueError(f"model_type {model_type!r} is not one of {SPEECH_LLM_TYPES}")
     out_dir = Path(out_dir)
     llm_path = resolve_llm_path(model.config.llm)
     if model.llm_hash is None:
@@ -122,7 +121,7 @@ def _audio_state(model: SpeechLLM) -> dict:
 
 def read_record(model_dir: str | os.PathLike) -> dict:
     """The parsed model.yaml of a saved speech-LLM dir."""
-    return read_model_record(model_dir, expect=MODEL_TYPES)
+    return read_model_record(model_dir, expect=SPEECH_LLM_TYPES)
 
 
 def load_speech_llm(
@@ -160,7 +159,7 @@ def load_speech_llm(
         frontend = build_frontend(config.frontend, device)
     llm_model, tokenizer = load_llm(llm, config.dtype, device, config.attn_implementation)
     lora = model_dir / LORA_DIR if config.lora.rank > 0 else None
-    model = SpeechLLM(config, frontend, llm_model, tokenizer, lora_dir=lora)
+    model = SpeechLLM(config, frontend, llm_model, tokenizer, lora_dir=lora, new_label_table=False)
     if lora is not None:
         check_lora(model.llm, lora, config.lora)
     _load_audio_state(model, model_dir / AUDIO_NAME)
