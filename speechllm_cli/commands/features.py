@@ -1,7 +1,9 @@
-"""Stage 2, features: ``fbank`` (80-dim log-mel, ``--nj`` jobs) and ``compute-cmvn`` (global CMVN on train).
+"""Stage 2, features: ``fbank`` (80-dim Kaldi fbank, or Whisper's log-mel with ``--type whisper_mel``; ``--nj``
+jobs) and ``compute-cmvn`` (global CMVN on train).
 
 Usage:
     speechllm fbank data/train dump/train --nj 2 --cmd run.pl
+    speechllm fbank data/train dump/whisper_mel/train --type whisper_mel --num-mel-bins 80 --nj 2
     speechllm compute-cmvn dump/train
 """
 
@@ -12,6 +14,13 @@ from pathlib import Path
 import typer
 
 from speechllm_cli.commands.common import ConfigOption, fail
+from speechllm_cli.features.feats_type import DEFAULT_FEATS_TYPE, FEATS_TYPES
+
+
+def _feats_type_choice(value: str) -> str:
+    if value not in FEATS_TYPES:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(FEATS_TYPES)}")
+    return value
 
 
 def fbank_cmd(
@@ -19,14 +28,24 @@ def fbank_cmd(
     dump_dir: Path = typer.Argument(..., help="Output dump dir (feats.scp, arks, utt2num_frames, texts)."),
     nj: int = typer.Option(1, help="Parallel jobs (split by speaker)."),
     cmd: str = typer.Option("run.pl", help="Job launcher: run.pl (local) or slurm.pl (cluster), with options."),
+    feats_type: str = typer.Option(
+        DEFAULT_FEATS_TYPE[0], "--type", callback=_feats_type_choice, metavar="[" + "|".join(FEATS_TYPES) + "]",
+        help="fbank: Kaldi-compatible log-mel fbank; whisper_mel: Whisper's log-mel (for a Whisper front-end)."),
+    num_mel_bins: int = typer.Option(
+        DEFAULT_FEATS_TYPE[1], help="Mel bins; whisper_mel: 80 (Whisper up to large-v2) or 128 (large-v3)."),
     config: Path | None = ConfigOption,
 ) -> None:
-    """80-dim Kaldi-compatible log-mel fbank (25 ms / 10 ms, 16 kHz); a re-run redoes only what is missing."""
+    """Log-mel features (25 ms / 10 ms, 16 kHz): 80-dim Kaldi-compatible fbank, or Whisper's log-mel at the clip's
+    real length (--type whisper_mel); DUMP_DIR/feats_type records which. A re-run redoes only what is missing."""
     from speechllm_cli.data.kaldi_dir import DataDirError
-    from speechllm_cli.features.fbank import make_fbank
+    from speechllm_cli.features.fbank import feats_config, make_fbank
 
     try:
-        make_fbank(data_dir, dump_dir, nj=nj, cmd=cmd)
+        feats = feats_config(feats_type, num_mel_bins)
+    except ValueError as exc:  # a mel size Whisper does not take
+        fail(str(exc))
+    try:
+        make_fbank(data_dir, dump_dir, nj=nj, cmd=cmd, config=feats)
     except (DataDirError, RuntimeError) as exc:
         fail(str(exc))
 

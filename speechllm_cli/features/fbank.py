@@ -1,20 +1,30 @@
-"""80-dim log-mel filter banks (Kaldi's compute-fbank-feats, via kaldi-native-fbank) into kaldiio arks.
+"""Stage-2 features into kaldiio arks: 80-dim log-mel filter banks (Kaldi's compute-fbank-feats, via
+kaldi-native-fbank; type ``fbank``, the default) or Whisper's log-mel spectrogram (type ``whisper_mel``).
 
-Features: 25 ms Povey window, 10 ms shift, 16 kHz, dither 0 (deterministic), snip_edges true, so a
+fbank: 25 ms Povey window, 10 ms shift, 16 kHz, dither 0 (deterministic), snip_edges true, so a
 clip of S samples at 16 kHz gives 1 + (S - 400) // 160 frames. Samples are scaled to the 16-bit
 range (x 32768) first, as Kaldi reads wav files, so the values equal Kaldi's.
+whisper_mel: as Whisper's feature extractor computes it, without the padding to 30 s: S // 160
+frames of 80 or 128 bins (features/whisper_mel.py).
 
 ``make_fbank`` splits a data dir by speaker into ``nj`` parts and runs one job per part through a
 Kaldi launcher (``run.pl``/``slurm.pl``); each job (``compute_fbank_job``) streams its utterances
-one at a time into ``<dump>/data/raw_fbank_<set>.<k>.ark`` and writes, last of all, the ``.scp``
-that marks it complete, so a killed job leaves no scp and a re-run redoes exactly that job.
-Audio that cannot be read is skipped and listed in ``<dump>/skipped`` (``utt reason``).
+one at a time into ``<dump>/data/raw_<type>_<set>.<k>.ark`` and writes, last of all, the ``.scp``
+that marks it complete, so a killed job leaves no scp and a re-run redoes exactly that job (or
+every job, when the feature type or an option changed). Audio that cannot be read, or is too
+short for one frame, is skipped and listed in ``<dump>/skipped`` (``utt reason``). The dump dir
+says which features it holds in ``<dump>/feats_type`` (``fbank 80``; features/feats_type.py).
 
 Usage:
     python -m speechllm_cli.features.fbank data/train/split2/1 dump/train/data/raw_fbank_train.1
+    python -m speechllm_cli.features.fbank data/train/split2/1 dump/whisper_mel/train/data/raw_whisper_mel_train.1 \\
+        --type whisper_mel --num-mel-bins 128
     >>> make_fbank("data/train", "dump/train", nj=2)                 # doctest: +SKIP
     >>> kaldiio.load_scp("dump/train/feats.scp")["spk1-utt1"].shape  # doctest: +SKIP
     (312, 80)
+    >>> make_fbank("data/train", "dump/whisper_mel/train", config=feats_config("whisper_mel", 80))  # doctest: +SKIP
+    >>> Path("dump/whisper_mel/train/feats_type").read_text()        # doctest: +SKIP
+    'whisper_mel 80\\n'
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import kaldi_native_fbank as knf
 import numpy as np
@@ -37,6 +48,8 @@ from tqdm import tqdm
 
 from speechllm_cli.data.kaldi_dir import DataDir, DataDirError, spk2utt_from_utt2spk, validate_data_dir, write_split
 from speechllm_cli.features.audio import count_utterances, iter_data_dir_audio
+from speechllm_cli.features.feats_type import FEATS_TYPES, feats_type_line, read_feats_type, write_feats_type
+from speechllm_cli.features.whisper_mel import WhisperMelConfig, WhisperMelExtractor
 from speechllm_cli.utils.io import atomic_path
 from speechllm_cli.utils.jobs import run_jobs
 
@@ -51,6 +64,8 @@ JOB_FILES = ("ark", "skipped", "utt2num_frames", "utt2dur", "info", "scp")  # re
 @dataclasses.dataclass(frozen=True)
 class FbankConfig:
     """Kaldi fbank options that change the features (all of them go into the job fingerprint)."""
+
+    feats_type: ClassVar[str] = "fbank"
 
     sample_rate: int = 16000
     num_mel_bins: int = 80
@@ -93,6 +108,28 @@ class FbankExtractor:
         return np.stack([fbank.get_frame(i) for i in range(num_frames)])  # (T, D)
 
 
+FeatsConfig = FbankConfig | WhisperMelConfig
+FEATS_CONFIGS: dict[str, type] = {"fbank": FbankConfig, "whisper_mel": WhisperMelConfig}  # --type -> its options
+EXTRACTORS: dict[str, type] = {"fbank": FbankExtractor, "whisper_mel": WhisperMelExtractor}
+assert tuple(FEATS_CONFIGS) == FEATS_TYPES == tuple(EXTRACTORS)
+
+
+def feats_config(feats_type: str = "fbank", num_mel_bins: int = 80) -> FeatsConfig:
+    """The options of feature type ``feats_type`` (``fbank`` or ``whisper_mel``), defaults but the mel size.
+
+    >>> feats_config("whisper_mel", 128)
+    WhisperMelConfig(sample_rate=16000, num_mel_bins=128, n_fft=400, hop_length=160, max_frequency=8000.0)
+    """
+    if feats_type not in FEATS_CONFIGS:
+        raise ValueError(f"unknown feature type {feats_type!r}; choose one of {', '.join(FEATS_CONFIGS)}")
+    return FEATS_CONFIGS[feats_type](num_mel_bins=num_mel_bins)
+
+
+def make_extractor(config: FeatsConfig):
+    """The extractor of ``config``'s type: a callable samples (S,) at 16 kHz -> feats (T, num_mel_bins) float32."""
+    return EXTRACTORS[config.feats_type](config)
+
+
 @dataclasses.dataclass
 class JobSummary:
     utterances: int = 0
@@ -107,15 +144,18 @@ def job_paths(out_prefix: str | os.PathLike) -> dict[str, Path]:
     return {name: prefix.with_name(f"{prefix.name}.{name}") for name in JOB_FILES}
 
 
-def job_prefix(dump_dir: str | os.PathLike, job: int | str) -> Path:
-    """``<dump>/data/raw_fbank_<set>.<job>`` (absolute): where job ``job`` of ``make_fbank`` writes."""
+def job_prefix(dump_dir: str | os.PathLike, job: int | str, feats_type: str = "fbank") -> Path:
+    """``<dump>/data/raw_<feats_type>_<set>.<job>`` (absolute): where job ``job`` of ``make_fbank`` writes."""
     dump_dir = Path(dump_dir).absolute()
-    return dump_dir / "data" / f"raw_fbank_{dump_dir.name}.{job}"
+    return dump_dir / "data" / f"raw_{feats_type}_{dump_dir.name}.{job}"
 
 
-def job_fingerprint(data_dir: str | os.PathLike, config: FbankConfig) -> str:
-    """Hash of what a job's output depends on: the part's wav.scp (+ segments) and the options."""
-    digest = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+def job_fingerprint(data_dir: str | os.PathLike, config: FeatsConfig) -> str:
+    """Hash of what a job's output depends on: the part's wav.scp (+ segments), the feature type and its options."""
+    options = dataclasses.asdict(config)
+    if config.feats_type != "fbank":  # fbank's hash is the one from before feature types: its jobs stay complete
+        options["feats_type"] = config.feats_type
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
     for name in ("wav.scp", "segments"):
         path = Path(data_dir) / name
         if path.exists():
@@ -143,11 +183,13 @@ def job_summary_if_complete(out_prefix: str | os.PathLike, fingerprint: str) -> 
 
 
 def compute_fbank_job(
-    data_dir: str | os.PathLike, out_prefix: str | os.PathLike, config: FbankConfig | None = None
+    data_dir: str | os.PathLike, out_prefix: str | os.PathLike, config: FeatsConfig | None = None
 ) -> JobSummary:
-    """Fbank of every utterance of ``data_dir`` (one split part) into ``<out_prefix>.ark/.scp``.
+    """Features (``config``'s type; default fbank) of every utterance of ``data_dir`` (one split part) into
+    ``<out_prefix>.ark/.scp``.
 
-    Streams one utterance at a time. Unreadable audio is skipped and listed in ``<prefix>.skipped``.
+    Streams one utterance at a time. Unreadable audio, and audio too short for one frame (fbank: under 400
+    samples at 16 kHz; whisper_mel: under 160), is skipped and listed in ``<prefix>.skipped``.
     Files are written under ``.tmp`` names and renamed at the end, the scp last: its existence means
     the job is complete. A complete job with the same inputs and options is not redone.
     """
@@ -162,7 +204,7 @@ def compute_fbank_job(
     paths["scp"].unlink(missing_ok=True)  # from here on the job counts as incomplete
     paths["ark"].parent.mkdir(parents=True, exist_ok=True)
     tmp = {name: path.with_name(path.name + ".tmp") for name, path in paths.items()}
-    extractor = FbankExtractor(config)
+    extractor = make_extractor(config)
     summary = JobSummary()
     total = count_utterances(data_dir)
     with open(tmp["ark"], "wb") as ark, open(tmp["scp"], "w", encoding="utf-8") as scp, \
@@ -170,7 +212,8 @@ def compute_fbank_job(
             open(tmp["utt2num_frames"], "w", encoding="utf-8") as num_frames, \
             open(tmp["utt2dur"], "w", encoding="utf-8") as durations:
         progress = tqdm(iter_data_dir_audio(data_dir, config.sample_rate), total=total, unit="utt",
-                        desc=f"fbank {paths['ark'].name}", mininterval=1.0 if sys.stderr.isatty() else 30.0)
+                        desc=f"{config.feats_type} {paths['ark'].name}",
+                        mininterval=1.0 if sys.stderr.isatty() else 30.0)
         for item in progress:
             feats = extractor(item.samples) if item.error is None else None  # (T, D)
             if feats is not None and feats.shape[0] == 0:
@@ -202,12 +245,18 @@ def compute_fbank_job(
     return summary
 
 
-def fbank_job_argv(part_dir: str | os.PathLike, out_prefix: str | os.PathLike, config: FbankConfig) -> list[str]:
-    """The command line of one job (``JOB`` in the paths is the launcher's job index)."""
-    return [*JOB_COMMAND, str(part_dir), str(out_prefix),
-            "--sample-rate", str(config.sample_rate), "--num-mel-bins", str(config.num_mel_bins),
-            "--frame-length-ms", str(config.frame_length_ms), "--frame-shift-ms", str(config.frame_shift_ms),
-            "--dither", str(config.dither), "--snip-edges", str(config.snip_edges).lower()]
+def fbank_job_argv(part_dir: str | os.PathLike, out_prefix: str | os.PathLike, config: FeatsConfig) -> list[str]:
+    """The command line of one job (``JOB`` in the paths is the launcher's job index): ``--type`` and every
+    option of ``config`` (``--num-mel-bins 80``, ``--snip-edges true``, ...), as ``main`` reads them."""
+    argv = [*JOB_COMMAND, str(part_dir), str(out_prefix), "--type", config.feats_type]
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        argv += [_flag(field.name), str(value).lower() if isinstance(value, bool) else str(value)]
+    return argv
+
+
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
 
 
 def _merge_tables(paths: list[Path], out: Path) -> int:
@@ -230,14 +279,17 @@ def make_fbank(
     dump_dir: str | os.PathLike,
     nj: int = 1,
     cmd: str = "run.pl",
-    config: FbankConfig | None = None,
+    config: FeatsConfig | None = None,
 ) -> JobSummary:
-    """Fbank of a data dir into a dump dir: ``feats.scp`` (+ arks under ``data/``), ``utt2num_frames``,
-    ``utt2dur``, the data dir's tables restricted to utterances with features, and ``skipped``.
+    """Features of a data dir into a dump dir: ``feats.scp`` (+ arks under ``data/``), ``utt2num_frames``,
+    ``utt2dur``, the data dir's tables restricted to utterances with features, ``skipped``, and
+    ``feats_type`` (``fbank 80``, ``whisper_mel 80``, ...). ``config`` picks the type (default: 80-dim fbank;
+    ``feats_config("whisper_mel", 80)`` for Whisper's log-mel).
 
-    Runs ``nj`` speaker-split jobs with launcher ``cmd`` (logs in ``<dump>/log/fbank.JOB.log``);
+    Runs ``nj`` speaker-split jobs with launcher ``cmd`` (logs in ``<dump>/log/<type>.JOB.log``);
     complete jobs are kept, so a re-run after a failure redoes only the failed jobs, and a re-run
-    after success does nothing. ``feats.scp`` is removed before any ark is rewritten.
+    after success does nothing; another type or other options redo every job. ``feats.scp`` is
+    removed before any ark is rewritten.
     """
     config = config or FbankConfig()
     data_dir, dump_dir = Path(data_dir), Path(dump_dir).absolute()
@@ -248,25 +300,41 @@ def make_fbank(
         logger.warning("%s: %d speakers, so %d jobs instead of %d", data_dir, num_speakers, num_speakers, nj)
         nj = num_speakers
     part_dirs = write_split(data, nj)
-    prefixes = [job_prefix(dump_dir, k) for k in range(1, nj + 1)]
+    prefixes = [job_prefix(dump_dir, k, config.feats_type) for k in range(1, nj + 1)]
     summaries = [job_summary_if_complete(p, job_fingerprint(d, config)) for p, d in zip(prefixes, part_dirs)]
     feats_scp = dump_dir / "feats.scp"
     sources = [data_dir / name for name in data.tables] + [job_paths(p)["scp"] for p in prefixes]
-    if all(summaries) and feats_scp.exists() and \
+    # Each type has its own job files, so complete jobs of this type do not mean feats.scp lists them: it may
+    # list another type's, made since (the feats_type file says).
+    if all(summaries) and feats_scp.exists() and _recorded_feats_type(dump_dir) == _feats_type(config) and \
             feats_scp.stat().st_mtime >= max(s.stat().st_mtime for s in sources if s.exists()):
         logger.info("%s is up to date (%d jobs complete); nothing to do", feats_scp, nj)
+        write_feats_type(dump_dir, _feats_type(config))  # a dump from before feats_type files gets one
         return _total(summaries)
     feats_scp.unlink(missing_ok=True)  # never leave it pointing at an ark a job is about to rewrite
     todo = [k for k, s in enumerate(summaries, 1) if s is None]
     if todo:
-        logger.info("%s: computing fbank of %d of %d job(s) %s", data_dir, len(todo), nj, todo)
-        run_jobs(cmd, nj, dump_dir / "log" / "fbank.JOB.log",
-                 fbank_job_argv(part_dirs[0].parent / "JOB", job_prefix(dump_dir, "JOB"), config))
+        logger.info("%s: computing %s of %d of %d job(s) %s", data_dir, config.feats_type, len(todo), nj, todo)
+        run_jobs(cmd, nj, dump_dir / "log" / f"{config.feats_type}.JOB.log",
+                 fbank_job_argv(part_dirs[0].parent / "JOB", job_prefix(dump_dir, "JOB", config.feats_type), config))
         summaries = [job_summary_if_complete(p, job_fingerprint(d, config)) for p, d in zip(prefixes, part_dirs)]
         missing = [str(job_paths(p)["scp"]) for p, s in zip(prefixes, summaries) if s is None]
         if missing:
-            raise RuntimeError(f"fbank jobs finished without writing {missing}; see {dump_dir / 'log'}")
-    return _write_dump(data, dump_dir, [job_paths(p) for p in prefixes], _total(summaries))
+            raise RuntimeError(f"{config.feats_type} jobs finished without writing {missing}; see {dump_dir / 'log'}")
+    return _write_dump(data, dump_dir, [job_paths(p) for p in prefixes], _total(summaries), _feats_type(config))
+
+
+def _feats_type(config: FeatsConfig) -> tuple[str, int]:
+    """What ``<dump>/feats_type`` records of ``config``: ``("whisper_mel", 80)``."""
+    return config.feats_type, config.num_mel_bins
+
+
+def _recorded_feats_type(dump_dir: Path) -> tuple[str, int] | None:
+    """What ``<dump>/feats_type`` says (``("fbank", 80)`` when absent), or None when it is malformed (rewritten)."""
+    try:
+        return read_feats_type(dump_dir)
+    except ValueError:
+        return None
 
 
 def _total(summaries: list[JobSummary | None]) -> JobSummary:
@@ -279,8 +347,9 @@ def _total(summaries: list[JobSummary | None]) -> JobSummary:
     return total
 
 
-def _write_dump(data: DataDir, dump_dir: Path, jobs: list[dict[str, Path]], total: JobSummary) -> JobSummary:
-    """Merge the job outputs and copy the tables into the dump dir; feats.scp is written last."""
+def _write_dump(data: DataDir, dump_dir: Path, jobs: list[dict[str, Path]], total: JobSummary,
+                feats_type: tuple[str, int]) -> JobSummary:
+    """Merge the job outputs and copy the tables into the dump dir; feats_type, then feats.scp last."""
     kept = set()
     for job in jobs:
         with open(job["scp"], encoding="utf-8") as f:
@@ -292,32 +361,38 @@ def _write_dump(data: DataDir, dump_dir: Path, jobs: list[dict[str, Path]], tota
     _merge_tables([j["skipped"] for j in jobs], dump_dir / "skipped")
     _merge_tables([j["utt2num_frames"] for j in jobs], dump_dir / "utt2num_frames")
     _merge_tables([j["utt2dur"] for j in jobs], dump_dir / "utt2dur")
+    write_feats_type(dump_dir, feats_type)
     _merge_tables([j["scp"] for j in jobs], dump_dir / "feats.scp")
-    logger.info("%s: %d utterances (%.1f s of audio, %d frames); %d skipped%s", dump_dir / "feats.scp",
-                total.utterances, total.seconds, total.frames, total.skipped,
+    logger.info("%s (%s): %d utterances (%.1f s of audio, %d frames); %d skipped%s", dump_dir / "feats.scp",
+                feats_type_line(feats_type), total.utterances, total.seconds, total.frames, total.skipped,
                 f" (listed in {dump_dir / 'skipped'})" if total.skipped else "")
     return total
 
 
 def main(argv: list[str] | None = None) -> None:
-    """One fbank job: ``python -m speechllm_cli.features.fbank <part-data-dir> <out-prefix> [options]``."""
+    """One job: ``python -m speechllm_cli.features.fbank <part-data-dir> <out-prefix> [--type T] [options of T]``."""
     from speechllm_cli.utils.logging import setup_logging
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    type_parser = argparse.ArgumentParser(add_help=False)
+    type_parser.add_argument("--type", choices=FEATS_TYPES, default="fbank")
+    feats_type = type_parser.parse_known_args(argv)[0].type
+    parser = argparse.ArgumentParser(description=main.__doc__, parents=[type_parser])
     parser.add_argument("data_dir", help="data dir of this job (a split part)")
     parser.add_argument("out_prefix", help="writes <prefix>.ark, .scp, .skipped, .utt2num_frames, .utt2dur")
-    defaults = FbankConfig()
-    parser.add_argument("--sample-rate", type=int, default=defaults.sample_rate)
-    parser.add_argument("--num-mel-bins", type=int, default=defaults.num_mel_bins)
-    parser.add_argument("--frame-length-ms", type=float, default=defaults.frame_length_ms)
-    parser.add_argument("--frame-shift-ms", type=float, default=defaults.frame_shift_ms)
-    parser.add_argument("--dither", type=float, default=defaults.dither)
-    parser.add_argument("--snip-edges", choices=("true", "false"), default=str(defaults.snip_edges).lower())
-    args = parser.parse_args(argv)
+    fields = dataclasses.fields(FEATS_CONFIGS[feats_type])
+    for field in fields:  # every option of this type, its default from the dataclass
+        if isinstance(field.default, bool):
+            parser.add_argument(_flag(field.name), choices=("true", "false"), default=str(field.default).lower())
+        else:
+            parser.add_argument(_flag(field.name), type=type(field.default), default=field.default)
+    args = vars(parser.parse_args(argv))
     setup_logging()
-    config = FbankConfig(args.sample_rate, args.num_mel_bins, args.frame_length_ms, args.frame_shift_ms,
-                         args.dither, args.snip_edges == "true")
-    compute_fbank_job(args.data_dir, args.out_prefix, config)
+    if feats_type == "whisper_mel":  # one job, one core, as Kaldi's: the launcher runs nj of them side by side
+        import torch
+
+        torch.set_num_threads(1)
+    options = {f.name: args[f.name] == "true" if isinstance(f.default, bool) else args[f.name] for f in fields}
+    compute_fbank_job(args["data_dir"], args["out_prefix"], FEATS_CONFIGS[feats_type](**options))
 
 
 if __name__ == "__main__":

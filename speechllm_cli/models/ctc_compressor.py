@@ -1,4 +1,6 @@
-"""The CTC compressor: fbank -> CMVN -> SpecAugment -> 4x Conv2d subsampling -> Transformer -> CTC head.
+"""The CTC compressor: fbank -> CMVN -> SpecAugment -> 4x Conv2d subsampling -> Transformer -> CTC head; or, with
+``encoder: whisper``, Whisper log-mel -> a pretrained Whisper encoder (frozen) -> SpecAugment -> Linear ->
+Transformer -> CTC head: CTC compression on top of Whisper.
 
 Example::
 
@@ -20,12 +22,18 @@ masks of up to ``time_mask_ratio`` x the utterance's length, placed inside the u
 with 0 (the mean, as it runs after CMVN). Padding never changes an utterance's outputs: CMVN zeroes
 padded frames, the convolutions never reach past a length (see subsampling.py) and attention masks
 padded frames. ``hidden`` (after the final LayerNorm) is 0 past each length.
+
+With ``encoder: whisper`` (``whisper_dir``: ``speechllm export-whisper``'s dir) the Whisper encoder runs at each clip's
+real length (or padded to 30 s: ``whisper_pad_to_30s``; see models/whisper/encoder.py), 50 frames per second; its
+frozen weights stay in the Whisper dir (the compressor's state dict leaves them out) and its outputs are cached per
+utterance, so only the layers above it cost anything after the first epoch. SpecAugment masks its output frames
+and channels. There is no CMVN: Whisper's log-mel is normalised already.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -33,13 +41,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechllm_cli.models.cmvn import GlobalCMVN
-from speechllm_cli.models.subsampling import Conv2dSubsampling, PositionalEncoding
+from speechllm_cli.models.subsampling import Conv2dSubsampling, PositionalEncoding, subsampled_lengths
 from speechllm_cli.text.tokenizer import BLANK_ID  # the one blank id: the tokenizer reserves it, CTC uses it
 
 
 @dataclass
 class CTCCompressorConfig:
-    input_dim: int = 80
+    input_dim: int = 80  # feature bins (fbank or Whisper log-mel)
+    encoder: Literal["conv2d", "whisper"] = "conv2d"  # conv2d: Speech-LLaMA's; whisper: a pretrained Whisper encoder
+    whisper_dir: str = ""  # encoder: whisper: the `speechllm export-whisper --out` dir
+    whisper_pad_to_30s: bool = False  # run Whisper on 30 s (how it was trained) instead of each clip's real length
+    whisper_trainable_layers: int = 0  # Whisper's last layers that train with the CTC head (0: frozen)
     d_model: int = 256
     conv_channels: int = 0  # channels of the two Conv2d layers; 0 = d_model (the second conv dominates the cost)
     num_heads: int = 4
@@ -111,14 +123,21 @@ class CTCCompressor(nn.Module):
         if config.d_model % config.num_heads:
             raise ValueError(f"d_model {config.d_model} is not divisible by num_heads {config.num_heads}")
         self.config = config
-        self.cmvn = GlobalCMVN(config.input_dim)
-        if cmvn_stats is not None:
-            self.cmvn.set_stats(cmvn_stats)
         self.spec_augment = SpecAugment(
             config.num_freq_masks, config.freq_mask_width, config.num_time_masks, config.time_mask_ratio
         )
-        self.subsampling = Conv2dSubsampling(config.input_dim, config.d_model, config.conv_channels or None)
-        self.pos_enc = PositionalEncoding(config.d_model, config.dropout)
+        self.whisper = None
+        if config.encoder == "whisper":
+            self.whisper = _load_whisper(config)
+            self.input_proj = nn.Linear(self.whisper.output_dim, config.d_model)
+        elif config.encoder == "conv2d":
+            self.cmvn = GlobalCMVN(config.input_dim)
+            if cmvn_stats is not None:
+                self.cmvn.set_stats(cmvn_stats)
+            self.subsampling = Conv2dSubsampling(config.input_dim, config.d_model, config.conv_channels or None)
+            self.pos_enc = PositionalEncoding(config.d_model, config.dropout)
+        else:
+            raise ValueError(f"model.encoder {config.encoder!r} is not one of ['conv2d', 'whisper']")
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(
                 config.d_model, config.num_heads, config.ff_dim, config.dropout, batch_first=True, norm_first=True
@@ -132,19 +151,50 @@ class CTCCompressor(nn.Module):
     def output_dim(self) -> int:
         return self.config.d_model
 
+    @property
+    def feats_type(self) -> tuple[str, int]:
+        """The features it reads, as a dump dir's ``feats_type`` names them."""
+        return ("whisper_mel" if self.whisper is not None else "fbank"), self.config.input_dim
+
+    def output_lengths(self, feat_lens: torch.Tensor) -> torch.Tensor:
+        """Its output lengths (before compression) for ``feat_lens`` input frames."""
+        return self.whisper.output_lengths(feat_lens) if self.whisper is not None else subsampled_lengths(feat_lens)
+
     def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> CTCOutput:
-        """feats (B, T, input_dim) raw fbank, feat_lens (B,) -> CTCOutput(hidden, hidden_lens, logits)."""
+        """feats (B, T, input_dim) raw fbank (or Whisper log-mel), feat_lens (B,) -> CTCOutput(hidden, hidden_lens,
+        logits)."""
         feat_lens = feat_lens.to(feats.device)
-        feats = self.cmvn(feats, feat_lens)  # (B, T, F), 0 past each length
-        if self.training:
-            feats = self.spec_augment(feats, feat_lens)
-        hidden, hidden_lens = self.subsampling(feats, feat_lens)  # (B, T', D), (B,)
-        hidden = self.pos_enc(hidden)
+        if self.whisper is not None:
+            hidden, hidden_lens = self.whisper(feats, feat_lens)  # (B, T', D_whisper), 0 past each length
+            if self.training:
+                hidden = self.spec_augment(hidden, hidden_lens)
+            hidden = self.input_proj(hidden)
+        else:
+            feats = self.cmvn(feats, feat_lens)  # (B, T, F), 0 past each length
+            if self.training:
+                feats = self.spec_augment(feats, feat_lens)
+            hidden, hidden_lens = self.subsampling(feats, feat_lens)  # (B, T', D), (B,)
+            hidden = self.pos_enc(hidden)
         padding = torch.arange(hidden.shape[1], device=hidden.device) >= hidden_lens[:, None]  # (B, T') True = pad
         for layer in self.layers:
             hidden = layer(hidden, src_key_padding_mask=padding)
         hidden = self.norm(hidden).masked_fill(padding[..., None], 0.0)  # (B, T', D)
         return CTCOutput(hidden, hidden_lens, self.ctc_head(hidden))
+
+
+def _load_whisper(config: CTCCompressorConfig) -> nn.Module:
+    from speechllm_cli.models.whisper.encoder import WhisperAudioEncoder
+
+    if not config.whisper_dir:
+        raise ValueError("model.encoder is whisper but model.whisper_dir is empty: set it to `speechllm export-whisper "
+                         "--out`'s dir, e.g. --set model.whisper_dir=exp/whisper/base")
+    whisper = WhisperAudioEncoder.load(config.whisper_dir, pad_to_30s=config.whisper_pad_to_30s,
+                                       trainable_layers=config.whisper_trainable_layers)
+    if whisper.num_mel_bins != config.input_dim:
+        raise ValueError(f"{config.whisper_dir} takes {whisper.num_mel_bins}-bin log-mel but model.input_dim is "
+                         f"{config.input_dim}: set model.input_dim={whisper.num_mel_bins} and make the features with "
+                         f"`speechllm fbank --type whisper_mel --num-mel-bins {whisper.num_mel_bins}`")
+    return whisper
 
 
 def ctc_loss(output: CTCOutput, targets: torch.Tensor, target_lens: torch.Tensor) -> torch.Tensor:

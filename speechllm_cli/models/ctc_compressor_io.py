@@ -25,15 +25,31 @@ from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConf
 from speechllm_cli.models.model_dir import is_model_dir, read_model_record, write_model_record
 from speechllm_cli.text.tokenizer import MODEL_NAME, TOKENS_NAME, Tokenizer
 from speechllm_cli.utils.config import load_dataclass, read_yaml
-from speechllm_cli.utils.io import files_sha256
+from speechllm_cli.utils.io import files_sha256, sha256_text
 
 MODEL_TYPE = "ctc_compressor"
 TOKENIZER_DIR = "tokenizer"
 
 
 def write_ctc_record(model_dir: str | os.PathLike, config: CTCCompressorConfig) -> None:
+    extra = {}
+    if config.encoder == "whisper":  # the pretrained encoder it was trained on, by content hash
+        whisper = read_model_record(config.whisper_dir, expect=("whisper",))
+        extra["whisper"] = {"path": config.whisper_dir, "hash": whisper.get("hash")}
     write_model_record(model_dir, MODEL_TYPE, config=dataclasses.asdict(config), weights="model.safetensors",
-                       tokenizer=TOKENIZER_DIR)
+                       tokenizer=TOKENIZER_DIR, **extra)
+
+
+def check_whisper_unchanged(model_dir: Path) -> None:
+    """The Whisper a compressor was trained on is still the one its config names (same content hash)."""
+    record = read_model_record(model_dir, expect=(MODEL_TYPE,))
+    if "whisper" not in record:
+        return
+    path, trained = record["whisper"]["path"], record["whisper"]["hash"]
+    now = read_model_record(path, expect=("whisper",)).get("hash")
+    if now != trained:
+        raise ValueError(f"{model_dir} was trained on the Whisper {path} with hash {trained}, but {path} now has hash "
+                         f"{now}: export the same Whisper again or retrain the compressor (stage 4)")
 
 
 def _config_and_tokenizer_dir(model_dir: Path) -> tuple[CTCCompressorConfig, Path]:
@@ -59,6 +75,8 @@ def load_ctc_compressor(
     model_dir = Path(model_dir)
     config, token_dir = _config_and_tokenizer_dir(model_dir)
     tokenizer = Tokenizer.load(token_dir)
+    if is_model_dir(model_dir):
+        check_whisper_unchanged(model_dir)
     weights = model_dir / f"{variant}.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} missing: training did not finish; rerun train-ctc with --resume")
@@ -68,12 +86,13 @@ def load_ctc_compressor(
 
 
 def ctc_compressor_hash(model_dir: str | os.PathLike) -> str:
-    """sha256 over the final weights and the tokenizer of the compressor in ``model_dir``: it changes when the
-    compressor is retrained."""
+    """sha256 over the final weights and the tokenizer of the compressor in ``model_dir`` (and the hash of the Whisper
+    under it): it changes when the compressor is retrained."""
     model_dir = Path(model_dir)
     _, token_dir = _config_and_tokenizer_dir(model_dir)
     files = [model_dir / "model.safetensors", token_dir / MODEL_NAME, token_dir / TOKENS_NAME]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"{missing[0]} not found: {model_dir} is not a complete CTC compressor dir")
-    return files_sha256(files)
+    whisper = read_model_record(model_dir).get("whisper") if is_model_dir(model_dir) else None
+    return files_sha256(files) if whisper is None else sha256_text(files_sha256(files) + whisper["hash"])

@@ -13,6 +13,7 @@ Example::
     model_type: seq2seq             config (the experiment config), weights, tokenizer     seq2seq_io.py
     model_type: speech_llm          config (SpeechLLMConfig), llm {path, hash},            speech_llm_io.py
     model_type: decoder_only          frontend_hash, training {task, asr_langs, target}
+    model_type: whisper             source, hash, num_mel_bins (a transformers Whisper dir)   whisper/export.py
 
 To add a model type: write its save/load module, add a ``MODEL_TYPES`` line and a branch in ``load.py``, and teach
 ``speechllm decode`` its scorer (``decode/decode.py: load_decode_model``).
@@ -29,7 +30,7 @@ from speechllm_cli.utils.io import atomic_write_text
 
 RECORD_NAME = "model.yaml"
 SPEECH_LLM_TYPES = ("speech_llm", "decoder_only")  # saved by speech_llm_io, decoded with the LLM scorer
-MODEL_TYPES = ("ctc_compressor", "seq2seq", *SPEECH_LLM_TYPES)
+MODEL_TYPES = ("ctc_compressor", "seq2seq", *SPEECH_LLM_TYPES, "whisper")
 OLDER_RECORDS = ("speech_llm.yaml", "model.json")  # what model dirs held before model.yaml
 
 

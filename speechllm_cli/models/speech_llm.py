@@ -102,8 +102,8 @@ class SpeechLLMConfig:
 
 
 class SpeechLLM(nn.Module):
-    """Frozen front-end + trainable adapter (+ label table) + frozen LLM (+ trainable LoRA when ``lora.rank > 0``),
-    or a trainable LLM when ``config.train_llm``."""
+    """Frozen front-end (or partly trainable: ``frontend.trainable``) + trainable adapter (+ label table) + frozen LLM
+    (+ trainable LoRA when ``lora.rank > 0``), or a trainable LLM when ``config.train_llm``."""
 
     def __init__(self, config: SpeechLLMConfig, frontend: nn.Module, llm: nn.Module, tokenizer, lora_dir=None,
                  new_label_table: bool = True):
@@ -114,7 +114,9 @@ class SpeechLLM(nn.Module):
         from peft import LoraConfig, PeftModel, get_peft_model
 
         self.config = config
-        self.frontend = frontend.eval().requires_grad_(False)
+        self.frontend = frontend.eval()
+        if not getattr(frontend, "trainable", False):
+            frontend.requires_grad_(False)
         self.tokenizer = prepare_tokenizer(tokenizer)
         llm.requires_grad_(config.train_llm)
         if config.lora.rank > 0 and lora_dir is not None:
@@ -234,7 +236,7 @@ class SpeechLLM(nn.Module):
     # ----- audio side -----
     def train(self, mode: bool = True):
         super().train(mode)
-        self.frontend.eval()  # frozen: dropout off even while training
+        self.frontend.eval()  # frozen (or partly trainable without dropout): dropout off even while training
         return self
 
     def encode_audio(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

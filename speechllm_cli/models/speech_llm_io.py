@@ -112,8 +112,10 @@ def save_speech_llm(model: SpeechLLM, out_dir: str | os.PathLike, training: dict
 
 
 def _audio_state(model: SpeechLLM) -> dict:
-    """Every weight of the audio side that is not the frozen front-end's."""
+    """Every weight of the audio side that trained: the adapter's, the label table's, the front-end's trainable ones."""
     state = {f"adapter.{k}": v for k, v in model.adapter.state_dict().items()}
+    if getattr(model.frontend, "trainable", False):  # its state dict holds its trainable weights only
+        state.update({f"frontend.{k}": v for k, v in model.frontend.state_dict().items()})
     if model.label_table is not None:
         state.update({f"label_table.{k}": v for k, v in model.label_table.state_dict().items()})
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}

@@ -3,9 +3,11 @@
 The experiment config (``conf/train_ctc.yaml``) has the sections ``tokenizer`` (a token list dir,
 ``data/token_list/<name>``), ``target_table`` (``text.src``: the CTC targets), ``model``
 (``CTCCompressorConfig``; ``vocab_size`` comes from the tokenizer) and ``train`` (``TrainConfig``).
-The global CMVN statistics of ``<train_dir>/cmvn.ark`` go into the model's buffers, so
+The global CMVN statistics of ``<train_dir>/cmvn.ark`` go into the model's buffers (``model.encoder: conv2d``), so
 ``<out_dir>`` alone rebuilds it: ``model.yaml`` + ``tokenizer/`` (a copy) + ``model.safetensors``.
 Validation reports the CTC loss and the greedy CER (%, spaces excluded) on the target table.
+With ``model.encoder: whisper`` the dump dirs hold Whisper log-mel (``speechllm fbank --type whisper_mel``) and
+``model.whisper_dir`` names the exported Whisper (its hash goes into model.yaml; its weights stay there).
 
 Usage:
     python -m speechllm_cli.train.ctc_task --config conf/train_ctc.yaml --train-data dump/train \\
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 
 from speechllm_cli.features.cmvn import read_cmvn_stats
+from speechllm_cli.features.feats_type import check_feats_type
 from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConfig, ctc_loss, greedy_decode
 from speechllm_cli.models.ctc_compressor_io import write_ctc_record
 from speechllm_cli.score.metrics import cer
@@ -140,10 +143,15 @@ def train_ctc(
     tokenizer = Tokenizer.load(config.tokenizer)
     config.model = dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size)
     config.data = DataPaths(train=str(train_dir), valid=str(valid_dir))
-    cmvn_stats = read_cmvn_stats(require_file(Path(train_dir) / "cmvn.ark"))
     train_set = DumpDataset(train_dir, require=(config.target_table,))
     valid_set = DumpDataset(valid_dir, require=(config.target_table,))
-    check_input_dim(config_path, config.model.input_dim, train_set, cmvn_stats)
+    expected_feats = ("whisper_mel" if config.model.encoder == "whisper" else "fbank", config.model.input_dim)
+    for dump_dir in (train_dir, valid_dir):
+        check_feats_type(dump_dir, expected_feats, f"{config_path} (model.encoder: {config.model.encoder})")
+    cmvn_stats = None
+    if config.model.encoder == "conv2d":  # Whisper's log-mel is normalised already
+        cmvn_stats = read_cmvn_stats(require_file(Path(train_dir) / "cmvn.ark"))
+        check_input_dim(config_path, config.model.input_dim, train_set, cmvn_stats)
     if int(os.environ.get("RANK", "0")) == 0:
         _copy_tokenizer(Path(config.tokenizer), Path(out_dir))
     task = CTCTask(config, tokenizer, cmvn_stats)

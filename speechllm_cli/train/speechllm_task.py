@@ -38,6 +38,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from speechllm_cli.features.feats_type import check_feats_type
 from speechllm_cli.models.audio_use import audio_dependence, derived_metrics
 from speechllm_cli.models.speech_llm import SpeechLLMConfig
 from speechllm_cli.models.speech_llm_io import (
@@ -83,6 +84,10 @@ class SpeechLLMTask(Task):
         model = build_speech_llm(self.config.model)
         self.prompt_ids = {task: model.prompt_ids(task) for task in model.config.prompts}
         self.tokenizer = model.tokenizer
+        for dataset in self.datasets:  # the dumps hold the features the front-end reads
+            if dataset is not None:
+                check_feats_type(dataset.dump_dir, model.frontend.feats_type,
+                                 f"model.frontend ({self.config.model.frontend.type})")
         drop_over_context(model, self.datasets, lambda e: self.prompt_ids[self.task_of(e)],
                           TARGET_FIELDS[self.config.target])  # examples longer than the LLM's context: skipped
         return model

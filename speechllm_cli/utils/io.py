@@ -100,3 +100,8 @@ def files_sha256(files: list[Path]) -> str:
             while block := f.read(1 << 20):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    """sha256 (hex) of ``text`` (UTF-8): to combine hashes into one."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -18,9 +18,11 @@ from torch import nn
 
 from speechllm_cli.models.component import Registry
 from speechllm_cli.models.frontends.ctc_compressor import CTCCompressorFrontEnd, CTCCompressorFrontEndConfig
+from speechllm_cli.models.frontends.whisper import WhisperFrontEnd, WhisperFrontEndConfig
 
 FRONTENDS = Registry("frontend", {
     "ctc_compressor": (CTCCompressorFrontEndConfig, CTCCompressorFrontEnd),  # Speech-LLaMA's CTC compressor
+    "whisper": (WhisperFrontEndConfig, WhisperFrontEnd),  # a pretrained Whisper encoder, every 20 ms frame
 })
 
 

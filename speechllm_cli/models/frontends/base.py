@@ -5,6 +5,10 @@ A front-end is an ``nn.Module`` with
 
 - ``forward(feats, feat_lens, with_posteriors=False) -> FrontEndOutput``: feats (B, T, F) as the dump dir holds them
   (raw fbank: normalisation is the front-end's own), frames (B, A, output_dim) float, zero or junk past ``lens``.
+- ``feats_type``: the features it reads, as ``(type, bins)`` of a dump dir's ``feats_type`` (``("fbank", 80)``,
+  ``("whisper_mel", 80)``); training and decoding refuse a dump dir of another type.
+- ``trainable`` (optional, default False): True when some of its weights train with the speech LLM; its
+  ``state_dict()`` then holds exactly those, and the speech LLM saves them beside the adapter.
 - ``max_output_lengths(feat_lens)``: an upper bound of ``lens`` without running it (the LLM context check).
 - ``output_dim`` (int); ``num_labels`` and ``pieces`` (its CTC vocabulary in id order) when it has CTC posteriors
   (the label table needs them; 0 and None otherwise).

@@ -25,7 +25,6 @@ from torch import nn
 
 from speechllm_cli.models.compression import MODES, compress
 from speechllm_cli.models.frontends.base import FrontEndOutput
-from speechllm_cli.models.subsampling import subsampled_lengths
 
 
 @dataclass
@@ -48,6 +47,7 @@ class CTCCompressorFrontEnd(nn.Module):
         self.pieces = pieces
         self.output_dim = compressor.output_dim
         self.num_labels = compressor.ctc_head.out_features
+        self.feats_type = compressor.feats_type
 
     @classmethod
     def from_config(cls, config: CTCCompressorFrontEndConfig, device: str | torch.device = "cpu"
@@ -76,8 +76,8 @@ class CTCCompressorFrontEnd(nn.Module):
         return self
 
     def max_output_lengths(self, feat_lens: torch.Tensor) -> torch.Tensor:
-        """The compressor's subsampled lengths: compression never lengthens them."""
-        return subsampled_lengths(feat_lens)
+        """The compressor's output lengths: compression never lengthens them."""
+        return self.compressor.output_lengths(feat_lens)
 
     @torch.no_grad()
     def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor, with_posteriors: bool = False) -> FrontEndOutput:
