@@ -191,7 +191,7 @@ def test_frozen_weights_stay_out_of_state_dicts_and_the_cache_reuses_outputs(tin
     torch.testing.assert_close(fresh(feats, lens)[0], partly(feats, lens)[0])
 
     first, _ = frozen(feats, lens)
-    assert len(frozen._cache) == 2
+    assert len(frozen.cache) == 2
     second, _ = frozen(feats[[1, 0]], lens[[1, 0]])  # served from the cache, in another order
     torch.testing.assert_close(second[0, :15], first[1, :15], atol=0, rtol=0)
     torch.testing.assert_close(second[1], first[0], atol=0, rtol=0)

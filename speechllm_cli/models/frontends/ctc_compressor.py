@@ -12,7 +12,8 @@ Example::
 The compressor (Speech-LLaMA's: 2 Conv2d + 4 Transformer layers pretrained with CTC on source transcripts, global
 CMVN inside) runs in eval mode without gradients; its greedy CTC labels shorten its states (see compression.py).
 The label posteriors are compressed with the states: one mean posterior per output vector. ``compression: none``
-keeps every 40 ms frame.
+keeps every 40 ms frame. Being frozen, each utterance's output is computed once and cached (keyed by its features'
+bytes, see utterance_cache.py): every training epoch after the first skips the compressor.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from speechllm_cli.models.compression import MODES, compress
 from speechllm_cli.models.frontends.base import FrontEndOutput
+from speechllm_cli.models.utterance_cache import UtteranceCache
 
 
 @dataclass
@@ -39,7 +42,8 @@ class CTCCompressorFrontEndConfig:
 
 
 class CTCCompressorFrontEnd(nn.Module):
-    def __init__(self, config: CTCCompressorFrontEndConfig, compressor: nn.Module, pieces: list[str] | None = None):
+    def __init__(self, config: CTCCompressorFrontEndConfig, compressor: nn.Module, pieces: list[str] | None = None,
+                 cache_mb: float = 1024.0):
         """``compressor``: a CTCCompressor; ``pieces``: its CTC vocabulary in id order (for a label table)."""
         super().__init__()
         self.config = config
@@ -48,6 +52,7 @@ class CTCCompressorFrontEnd(nn.Module):
         self.output_dim = compressor.output_dim
         self.num_labels = compressor.ctc_head.out_features
         self.feats_type = compressor.feats_type
+        self.cache = UtteranceCache(cache_mb)  # frozen: each utterance is compressed once per process
 
     @classmethod
     def from_config(cls, config: CTCCompressorFrontEndConfig, device: str | torch.device = "cpu"
@@ -81,13 +86,31 @@ class CTCCompressorFrontEnd(nn.Module):
 
     @torch.no_grad()
     def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor, with_posteriors: bool = False) -> FrontEndOutput:
+        keys = self.cache.keys(feats, feat_lens)
+        missing = self.cache.missing(keys)
+        if missing:
+            index = torch.tensor(missing, device=feats.device)
+            sub_lens = feat_lens.to(feats.device)[index]
+            frames, lens, posteriors = self._compress(feats[index, : int(sub_lens.max())], sub_lens)
+            for row, i in enumerate(missing):
+                n = int(lens[row])
+                self.cache.put(keys[i], (frames[row, :n], posteriors[row, :n]))
+        parts = [self.cache.get(key) if i not in missing else None for i, key in enumerate(keys)]
+        for row, i in enumerate(missing):  # rows the cache had no room for
+            n = int(lens[row])
+            parts[i] = (frames[row, :n], posteriors[row, :n])
+        out_lens = torch.tensor([p[0].shape[0] for p in parts], device=feats.device)
+        frames = pad_sequence([p[0] for p in parts], batch_first=True).to(feats.device)  # (B, A, D)
+        if not with_posteriors:
+            return FrontEndOutput(frames, out_lens, None)
+        posteriors = pad_sequence([p[1] for p in parts], batch_first=True).to(feats.device)  # (B, A, V)
+        return FrontEndOutput(frames, out_lens, posteriors)
+
+    def _compress(self, feats: torch.Tensor, feat_lens: torch.Tensor):
+        """The compressor's states and label posteriors, compressed: (B, A, D), (B,), (B, A, V)."""
         hidden, hidden_lens, logits = self.compressor(feats, feat_lens)  # (B, T', D), (B,), (B, T', V)
         labels = logits.argmax(-1)  # (B, T') greedy CTC labels
-        mode, blank_id = self.config.compression, self.compressor.blank_id
-        if not with_posteriors:
-            frames, lens = compress(hidden, hidden_lens, labels, mode, blank_id)  # (B, A, D), (B,)
-            return FrontEndOutput(frames.float(), lens, None)
         dim = hidden.shape[-1]
         both = torch.cat([hidden.float(), logits.float().softmax(-1)], -1)  # (B, T', D + V)
-        both, lens = compress(both, hidden_lens, labels, mode, blank_id)
-        return FrontEndOutput(both[..., :dim], lens, both[..., dim:])  # (B, A, D), (B,), (B, A, V)
+        both, lens = compress(both, hidden_lens, labels, self.config.compression, self.compressor.blank_id)
+        return both[..., :dim], lens, both[..., dim:]

@@ -24,13 +24,14 @@ features) up to ``cache_mb`` MiB, which makes every epoch after the first nearly
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from speechllm_cli.models.utterance_cache import UtteranceCache
 
 SILENCE_LOG10 = -10.0  # log10 of Whisper's floor (1e-10) on the mel power: the log-mel of digital silence
 DYNAMIC_RANGE = 8.0  # Whisper clamps the log-mel to (max - 8)
@@ -58,9 +59,7 @@ class WhisperAudioEncoder(nn.Module):
         self.num_mel_bins = encoder.config.num_mel_bins
         self.output_dim = encoder.config.d_model
         self.max_frames = encoder.config.max_source_positions * 2  # input frames of 30 s
-        self.cache_bytes = int(cache_mb * 2**20)
-        self._cache: dict[bytes, torch.Tensor] = {}
-        self._cached_bytes = 0
+        self.cache = UtteranceCache(cache_mb)
         self.encoder.requires_grad_(False)
         for module in self._trainable_modules():
             module.requires_grad_(True)
@@ -126,9 +125,8 @@ class WhisperAudioEncoder(nn.Module):
     def _frozen_part(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The output of what does not train, from the cache where it holds the utterance."""
         lens = self.output_lengths(feat_lens)
-        keys = [hashlib.blake2b(feats[i, :n].detach().float().cpu().numpy().tobytes(), digest_size=16).digest()
-                for i, n in enumerate(feat_lens.tolist())]
-        missing = [i for i, key in enumerate(keys) if key not in self._cache]
+        keys = self.cache.keys(feats, feat_lens)
+        missing = self.cache.missing(keys)
         out = feats.new_zeros(feats.shape[0], int(lens.max()), self.output_dim)
         if missing:
             index = torch.tensor(missing, device=feats.device)
@@ -136,14 +134,11 @@ class WhisperAudioEncoder(nn.Module):
             with torch.no_grad():
                 computed = self._run_frozen(feats[index, : int(sub_lens.max())], sub_lens)
             for row, i in enumerate(missing):
-                value = computed[row, : int(lens[i])]
-                out[i, : value.shape[0]] = value
-                if self._cached_bytes + value.numel() * 4 <= self.cache_bytes:
-                    self._cache[keys[i]] = value.detach().to("cpu", torch.float32).clone()
-                    self._cached_bytes += value.numel() * 4
+                out[i, : int(lens[i])] = computed[row, : int(lens[i])]
+                self.cache.put(keys[i], (computed[row, : int(lens[i])],))
         for i, key in enumerate(keys):
             if i not in missing:
-                value = self._cache[key]
+                (value,) = self.cache.get(key)
                 out[i, : value.shape[0]] = value.to(out.device, out.dtype)
         return out, lens
 
