@@ -255,9 +255,9 @@ def test_ctc_report_and_compress_through_the_cli(corpus, trained):
     report = json.loads((out / "report_dev.json").read_text())
     per_utt = report["per_utt"]
     frames = [int(line.split()[1]) for line in (corpus["dev"] / "utt2num_frames").read_text().splitlines()]
-    assert report["num_utts"] == len(frames) and per_utt["fbank_frames"] == sum(frames) / len(frames)
+    assert report["num_utts"] == len(frames) and per_utt["input_frames"] == sum(frames) / len(frames)
     assert 1 <= per_utt["frame_average"] <= per_utt["blank_remove"] <= per_utt["encoder_frames"]
-    assert per_utt["encoder_frames"] < per_utt["fbank_frames"] / 3.5  # 4x subsampling
+    assert per_utt["encoder_frames"] < per_utt["input_frames"] / 3.5  # 4x subsampling
     assert 0 <= report["cer"] and per_utt["source_tokens"] > 0
 
     for mode in ("frame_average", "none"):

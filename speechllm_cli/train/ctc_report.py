@@ -1,5 +1,5 @@
 """Evaluate a trained CTC compressor on a dump dir: greedy CER, and the lengths the speech-LLM will
-see (fbank frames, encoder frames, compressed length per mode, source token count); optionally dump
+see (input feature frames, encoder frames, compressed length per mode, source token count); optionally dump
 the compressed representations as an ark.
 
 Usage:
@@ -47,7 +47,7 @@ def ctc_report(model_dir: Path, data_dir: Path, batch_frames: int = 20000) -> di
     ``<model_dir>/report_<set>.json`` and logged."""
     model, tokenizer = load_ctc_compressor(model_dir)
     data = DumpDataset(data_dir, require=("text.src",))
-    totals = {"fbank_frames": 0, "encoder_frames": 0, "source_tokens": 0, **{m: 0 for m in MODES}}
+    totals = {"input_frames": 0, "encoder_frames": 0, "source_tokens": 0, **{m: 0 for m in MODES}}
     refs, hyps = [], []
     for examples, feats, feat_lens in tqdm(list(iter_batches(data, batch_frames)), desc="ctc-report", unit="batch"):
         out = model(feats, feat_lens)
@@ -56,7 +56,7 @@ def ctc_report(model_dir: Path, data_dir: Path, batch_frames: int = 20000) -> di
             totals[mode] += int(compress(out.hidden, out.hidden_lens, labels, mode)[1].sum())
         hyps += [tokenizer.decode(ids) for ids in greedy_decode(out.logits, out.hidden_lens)]
         refs += [e["text_src"] for e in examples]
-        totals["fbank_frames"] += int(feat_lens.sum())
+        totals["input_frames"] += int(feat_lens.sum())
         totals["encoder_frames"] += int(out.hidden_lens.sum())
         totals["source_tokens"] += sum(len(tokenizer.encode(e["text_src"])) for e in examples)
     n = len(data)
@@ -64,15 +64,15 @@ def ctc_report(model_dir: Path, data_dir: Path, batch_frames: int = 20000) -> di
         "data": str(data_dir), "num_utts": n, "cer": cer(refs, hyps).rate,
         "per_utt": {k: v / n for k, v in totals.items()},
         "ratio_to_source_tokens": {m: totals[m] / max(totals["source_tokens"], 1) for m in MODES},
-        "llm_inputs_per_second": {m: totals[m] / (totals["fbank_frames"] / 100) for m in (*MODES, "encoder_frames")},
+        "llm_inputs_per_second": {m: totals[m] / (totals["input_frames"] / 100) for m in (*MODES, "encoder_frames")},
     }
     out_path = Path(model_dir) / f"report_{Path(data_dir).name}.json"
     atomic_write_text(out_path, json.dumps(report, indent=2) + "\n")
     per = report["per_utt"]
     logger.info(
-        "%s on %s (%d utts): greedy CER %.2f%%; per utterance: %.1f fbank frames, %.1f encoder frames, "
+        "%s on %s (%d utts): greedy CER %.2f%%; per utterance: %.1f input frames, %.1f encoder frames, "
         "%.1f blank_remove, %.1f frame_average, %.1f source tokens (ratios to tokens: blank_remove %.2f, "
-        "frame_average %.2f); report in %s", model_dir, data_dir, n, report["cer"], per["fbank_frames"],
+        "frame_average %.2f); report in %s", model_dir, data_dir, n, report["cer"], per["input_frames"],
         per["encoder_frames"], per["blank_remove"], per["frame_average"], per["source_tokens"],
         report["ratio_to_source_tokens"]["blank_remove"], report["ratio_to_source_tokens"]["frame_average"], out_path)
     return report
