@@ -162,7 +162,7 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
     model_sets=("--set" "tokenizer=${tgt_token_list}")
   elif [ "${model_type}" = whisper ]; then
     log "stage 5: fine-tuning ${whisper} (${train_config}) -> ${exp_dir}"
-    model_sets=("--set" "model.whisper_dir=${whisper}")
+    model_sets=("--set" "whisper=${whisper}")
   else
     log "stage 5: ${model_type} training on ${llm} (${train_config}) -> ${exp_dir}"
     model_sets=("--set" "model.frontend.dir=${ctc_exp}" "--set" "model.llm=${llm}")

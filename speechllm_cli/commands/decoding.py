@@ -26,7 +26,7 @@ from speechllm_cli.diagnose.options import DiagnoseOptions
 
 def decode_cmd(
     model: Path = typer.Option(..., help="Experiment dir (exp/speechllm, exp/seq2seq) or a saved model dir "
-                               "(exp/speechllm/model): a speech-LLM or a seq2seq model."),
+                               "(exp/speechllm/model): a speech-LLM, a seq2seq model or a Whisper (exported or fine-tuned)."),
     data: Path = typer.Option(..., help="Dump dir to decode, e.g. dump/test."),
     out: Path | None = typer.Option(None, help="Decode dir (default MODEL/decode_<data name>)."),
     beam: int = option(DecodeOptions, "beam", help="Beam size (1: greedy search)."),
@@ -50,7 +50,7 @@ def decode_cmd(
                                help="seq2seq models: weight of the CTC prefix scores (0: attention only)."),
     config: Path | None = ConfigOption,
 ) -> None:
-    """Beam or greedy search (a speech-LLM with the LLM's key/value cache, or a seq2seq model); writes hyp.txt,
+    """Beam or greedy search (a speech-LLM with the LLM's key/value cache, a seq2seq model or Whisper); writes hyp.txt,
     ref.txt, decode.yaml and the RTF."""
     from speechllm_cli.data.kaldi_dir import DataDirError
     from speechllm_cli.decode.decode import decode, resolve_model_dir

@@ -1,7 +1,8 @@
-"""Stage 5, the LLM and the speech-LLM: ``export-llm``, ``init-llm``, ``train``.
+"""Stage 5, the LLM and the speech-LLM: ``export-llm``, ``export-whisper``, ``init-llm``, ``train``.
 
 Usage:
     speechllm export-llm --out exp/llm/smollm2_hf
+    speechllm export-whisper --out exp/whisper/base           # the embedded Whisper base as a transformers dir
     speechllm init-llm --out exp/llm/scratch_small --config conf/llm_scratch_small.yaml \\
         --tokenizer data/token_list/tgt_unigram150            # a random LLaMA for model_type: decoder_only
     speechllm train --config conf/train_speechllm.yaml --train-data dump/train --valid-data dump/dev \\
@@ -31,6 +32,22 @@ def export_llm_cmd(
         fail(str(exc))
 
 
+def export_whisper_cmd(
+    out: Path = typer.Option(..., help="Output transformers Whisper dir, e.g. exp/whisper/base."),
+    source: Path | None = typer.Option(None, help="A CTranslate2 Whisper dir (model.bin), an openai-whisper .pt or a "
+                                       "transformers Whisper dir (default: the embedded Whisper base)."),
+) -> None:
+    """Convert a pretrained Whisper once into a transformers dir (safetensors, tokenizer, feature extractor) with a
+    model.yaml recording its content hash; `speechllm decode --model` runs it zero-shot."""
+    from speechllm_cli.models.whisper.ct2 import CT2FormatError
+    from speechllm_cli.models.whisper.export import export_whisper
+
+    try:
+        export_whisper(source, out)
+    except (FileNotFoundError, CT2FormatError, ValueError) as exc:
+        fail(str(exc))
+
+
 def init_llm_cmd(
     out: Path = typer.Option(..., help="Output Hugging Face dir, e.g. exp/llm/scratch_small."),
     config: Path | None = typer.Option(None, "--config", help="LLaMA architecture YAML (LlamaConfig fields), e.g. "
@@ -55,7 +72,8 @@ def init_llm_cmd(
 def train_cmd(
     config: Path = typer.Option(..., help="Experiment YAML; its top-level model_type picks the model: speech_llm "
                                 "(the default: compressor_dir, task, target, model, train), decoder_only (the same "
-                                "sections; the whole LLM trains) or seq2seq (tokenizer, model, train)."),
+                                "sections; the whole LLM trains), seq2seq (tokenizer, model, train) or whisper "
+                                "(whisper, task, target, train: fine-tunes an exported Whisper)."),
     train_data: Path = typer.Option(..., help=TRAIN_HELP["train_data"]),
     valid_data: Path = typer.Option(..., help=TRAIN_HELP["valid_data"]),
     out: Path = typer.Option(..., help="Experiment dir, e.g. exp/speechllm or exp/seq2seq."),
@@ -66,15 +84,17 @@ def train_cmd(
 ) -> None:
     """Train Speech-LLaMA (audio encoder + LoRA on a frozen LLM, over the frozen CTC compressor); with
     `model_type: decoder_only` the same with every LLM weight trained (an LLM from init-llm: from scratch); with
-    `model_type: seq2seq` the encoder-decoder baseline from scratch."""
-    from speechllm_cli.train import seq2seq_task, speechllm_task
+    `model_type: seq2seq` the encoder-decoder baseline from scratch; with `model_type: whisper` an exported Whisper
+    fine-tuned (decoder, or all) at each clip's real length."""
+    from speechllm_cli.train import seq2seq_task, speechllm_task, whisper_task
     from speechllm_cli.utils.config import ConfigError, read_yaml
 
     try:
         model_type = read_yaml(config).get("model_type", "speech_llm")
     except ConfigError as exc:
         fail(str(exc))
-    tasks = {"speech_llm": speechllm_task, "decoder_only": speechllm_task, "seq2seq": seq2seq_task}
+    tasks = {"speech_llm": speechllm_task, "decoder_only": speechllm_task, "seq2seq": seq2seq_task,
+             "whisper": whisper_task}
     if model_type not in tasks:
         fail(f"{config}: model_type {model_type!r} is not one of {sorted(tasks)}")
     tasks[model_type].main(TrainingOptions(str(config), str(train_data), str(valid_data), str(out), resume, set_,
@@ -83,5 +103,6 @@ def train_cmd(
 
 def register(app: typer.Typer) -> None:
     app.command("export-llm")(export_llm_cmd)
+    app.command("export-whisper")(export_whisper_cmd)
     app.command("init-llm")(init_llm_cmd)
     app.command("train")(train_cmd)

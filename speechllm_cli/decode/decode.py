@@ -1,7 +1,8 @@
-"""``speechllm decode``: decode a dump dir with a trained speech-LLM or seq2seq baseline into a decode dir.
+"""``speechllm decode``: decode a dump dir with a trained speech-LLM, seq2seq baseline or Whisper into a decode dir.
 
 Usage:
     speechllm decode --model exp/speechllm --data dump/test --beam 4 --max-len-a 8 --max-len-b 10 --nj 2
+    speechllm decode --model exp/whisper/base --data dump/whisper_mel/test --out exp/whisper/base/decode_test --beam 4
     python -m speechllm_cli.decode.decode --options conf/decode.yaml --model-dir exp/seq2seq/model \\
         --data-dir dump/test --out-dir exp/seq2seq/decode_test       # one job, as ``--nj`` runs each
 
@@ -10,14 +11,16 @@ Python::
     decode("exp/seq2seq/model", "dump/test", "exp/seq2seq/decode_test", beam=4, ctc_weight=0.3, nj=2)
     decode("exp/seq2seq/model", "dump/test", "exp/seq2seq/decode_test", DecodeOptions(beam=4), DecodeRun(nj=2))
 
-The model dir's ``model.yaml`` says its type (speech_llm, decoder_only, or seq2seq: the encoder-decoder baseline);
+The model dir's ``model.yaml`` says its type (speech_llm, decoder_only, seq2seq: the encoder-decoder baseline, or
+whisper: an exported Whisper zero-shot or a fine-tuned one, on a ``whisper_mel`` dump);
 :func:`load_decode_model` turns any of them into a :class:`DecodeModel` (scorer, search input, end tokens, text), so
 the rest is the same for all.
 For a speech-LLM the task of an utterance is recognition (ASR) when its ``utt2lang`` is an ASR language
 (``en``) and translation (ST) otherwise; the model knows the prompt of each task. A seq2seq model has one
-task and ignores utt2lang; ``--ctc-weight`` adds its CTC prefix scores. Utterances are decoded in
-batches sorted by length (longest first), each batch as one search (greedy for beam 1, beam search
-otherwise; see :mod:`speechllm_cli.decode.search`). The output cap of an utterance is
+task and ignores utt2lang; ``--ctc-weight`` adds its CTC prefix scores. Whisper transcribes (ASR languages) or
+translates into English (the others) after its language token from utt2lang (decode/whisper_scorer.py).
+Utterances are decoded in batches sorted by length (longest first), each batch as one search (greedy for beam 1,
+beam search otherwise; see :mod:`speechllm_cli.decode.search`). The output cap of an utterance is
 ``min(max_new_tokens, ceil(max_len_a * seconds + max_len_b))`` (``max_len_a = 0``: max_new_tokens),
 with seconds = frames * 0.01; for a speech-LLM it is lowered further so that prompt + audio + output fit the LLM's
 context (``max_position_embeddings``), with a warning naming the utterance. Outputs are listed in
@@ -84,6 +87,8 @@ class DecodeModel:
     eos_ids: list[int]  # tokens that end an output
     to_text: Callable[[list[int]], str]  # output ids (end token left out) -> text
     needs_task: bool = False  # ``inputs`` needs the task (asr/st) of each utterance
+    needs_lang: bool = False  # ``inputs`` takes a third argument: the utt2lang code of each utterance
+    feats_type: tuple[str, int] | None = None  # the dump's feats_type it needs (features/feats_type.py); None: any
     ctc_weight: float = 0.0  # the scorer's CTC prefix score weight (must equal DecodeOptions.ctc_weight)
     context_length: int | None = None  # positions the LLM takes (prefix + output); None: no limit
 
@@ -119,7 +124,8 @@ def speech_llm_decode_model(model) -> DecodeModel:
 
     return DecodeModel(scorer=LLMScorer(model.hf_llm), inputs=prefixes,
                        eos_ids=sorted(set(eos_ids_for(model.tokenizer)) | {int(model.end_id)}),
-                       to_text=model.decode_target, needs_task=True, context_length=llm_context_length(model.hf_llm))
+                       to_text=model.decode_target, needs_task=True, context_length=llm_context_length(model.hf_llm),
+                       feats_type=getattr(model.frontend, "feats_type", None))
 
 
 def seq2seq_decode_model(model, tokenizer, ctc_weight: float = 0.0) -> DecodeModel:
@@ -132,7 +138,23 @@ def seq2seq_decode_model(model, tokenizer, ctc_weight: float = 0.0) -> DecodeMod
     return DecodeModel(scorer=Seq2SeqScorer(model, ctc_weight),
                        inputs=lambda feats, _: FeatsBatch(*pad_feats(feats, device)),
                        eos_ids=[eos], to_text=lambda ids: tokenizer.decode([i for i in ids if i != eos]),
-                       ctc_weight=ctc_weight)
+                       ctc_weight=ctc_weight, feats_type=model.encoder.feats_type)
+
+
+def whisper_decode_model(model) -> DecodeModel:
+    """A loaded WhisperSeq2Seq for decoding: its prefix per utterance (language and task), the Whisper scorer."""
+    from speechllm_cli.decode.whisper_scorer import WhisperBatch, WhisperScorer
+
+    model.eval()
+    device = model.device
+
+    def inputs(feats: list[np.ndarray], tasks: list[str], langs: list[str]) -> WhisperBatch:
+        prefixes = [model.prefix_ids(lang, task) for lang, task in zip(langs, tasks)]
+        return WhisperBatch(*pad_feats(feats, device), prefixes)
+
+    return DecodeModel(scorer=WhisperScorer(model), inputs=inputs, eos_ids=[model.eot], to_text=model.decode_text,
+                       needs_task=True, needs_lang=True, context_length=model.max_target_positions,
+                       feats_type=("whisper_mel", model.num_mel_bins))
 
 
 def load_decode_model(model_dir: str | Path, device: str = "cpu", llm_path: str | Path | None = None,
@@ -146,8 +168,12 @@ def load_decode_model(model_dir: str | Path, device: str = "cpu", llm_path: str 
         if ctc_weight > 0:
             raise ValueError(f"--ctc-weight is for seq2seq models; {model_dir} is a speech-LLM (it has no CTC head)")
         return speech_llm_decode_model(load_model(model_dir, device=device, llm_path=llm_path))
+    if model_type == "whisper":
+        if ctc_weight > 0:
+            raise ValueError(f"--ctc-weight is for seq2seq models; {model_dir} is a Whisper (it has no CTC head)")
+        return whisper_decode_model(load_model(model_dir, device))
     raise ValueError(f"{Path(model_dir) / 'model.yaml'}: a {model_type} model does not decode on its own; give a "
-                     "speech_llm, decoder_only or seq2seq model dir")
+                     "speech_llm, decoder_only, seq2seq or whisper model dir")
 
 
 def check_sources_unchanged(model_dir: str | Path) -> None:
@@ -187,6 +213,22 @@ def _tasks(data: DataDir, utts: list[str], options: DecodeOptions) -> list[str]:
     return ["asr" if utt2lang[u] in options.asr_langs else "st" for u in utts]
 
 
+def _langs(data: DataDir, utts: list[str]) -> list[str]:
+    if "utt2lang" not in data.tables:
+        raise DataDirError(f"{data.path / 'utt2lang'}: missing; Whisper needs the language of each utterance (its "
+                           "<|lang|> token): add utt2lang")
+    return [data.tables["utt2lang"][u] for u in utts]
+
+
+def _check_feats_type(data_dir: Path, expected: tuple[str, int], who: str) -> None:
+    """The dump holds the features the model takes; a part of ``--nj`` jobs (``<dump>/splitN/K``) is its dump's."""
+    from speechllm_cli.features.feats_type import FEATS_TYPE_FILE, check_feats_type
+
+    if not (data_dir / FEATS_TYPE_FILE).exists() and data_dir.parent.name.startswith("split"):
+        data_dir = data_dir.parent.parent
+    check_feats_type(data_dir, expected, who)
+
+
 def _identity(options: DecodeOptions, model_dir, data_dir) -> dict:
     """What makes two decodes the same: options, model (dir + fingerprint), data dir."""
     return {"config": options.record(), "model_dir": str(model_dir) if model_dir else None,
@@ -215,6 +257,8 @@ def decode_data_dir(model, data_dir: str | Path, out_dir: str | Path, options: D
     if partial.done:
         logger.info("resuming: %d of %d utterances already decoded in %s", len(partial.done), len(utts), out_dir)
     decoder = model if isinstance(model, DecodeModel) else speech_llm_decode_model(model)
+    if decoder.feats_type is not None:
+        _check_feats_type(data_dir, decoder.feats_type, model_dir or "the model")
     if decoder.ctc_weight != options.ctc_weight:
         raise ValueError(f"the model decodes with CTC weight {decoder.ctc_weight}, "
                          f"the options say {options.ctc_weight}")
@@ -227,9 +271,14 @@ def decode_data_dir(model, data_dir: str | Path, out_dir: str | Path, options: D
             seconds = [len(f) * FRAME_SHIFT for f in feats]
             caps = max_new_tokens_for(seconds, options.max_new_tokens, options.max_len_a, options.max_len_b)
             tasks = _tasks(data, batch_utts, options) if decoder.needs_task else None
-            inputs = decoder.inputs(feats, tasks)
+            if decoder.needs_lang:
+                inputs = decoder.inputs(feats, tasks, _langs(data, batch_utts))
+            else:
+                inputs = decoder.inputs(feats, tasks)
             if isinstance(inputs, PrefixBatch):  # an LLM: prompt + audio + output must fit its context
                 caps = cap_to_context(caps, [len(e) for e in inputs.embeds], decoder.context_length, batch_utts, logger)
+            elif decoder.context_length is not None:  # a decoder of limited positions (Whisper's 448)
+                caps = cap_to_context(caps, inputs.prefix_lengths, decoder.context_length, batch_utts, logger)
             stats["audio_positions"] += sum(getattr(inputs, "audio_lengths", None) or [])  # speech-LLM: LLM inputs
             nbest = search(decoder.scorer, inputs, caps, decoder.eos_ids, beam=options.beam,
                            nbest=max(options.nbest, 1), length_penalty=options.length_penalty,
@@ -258,7 +307,8 @@ def decode_data_dir(model, data_dir: str | Path, out_dir: str | Path, options: D
 
 def decode(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, options: DecodeOptions | None = None,
            run: DecodeRun | None = None, **fields: Any) -> Path:
-    """Decode the dump dir ``data_dir`` with the model (speech-LLM or seq2seq) saved in ``model_dir`` into ``out_dir``.
+    """Decode the dump dir ``data_dir`` with the model (speech-LLM, seq2seq or Whisper) saved in ``model_dir`` into
+    ``out_dir``.
 
     ``options`` (what decides the outputs) and ``run`` (how the decode runs) are used as given; instead, any of their
     fields can be passed by name (``decode(model_dir, data_dir, out_dir, beam=4, nj=2)``), every other field taking

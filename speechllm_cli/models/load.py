@@ -7,6 +7,7 @@ Example::
     model = load_model("exp/speechllm/model", device="cpu")     # a SpeechLLM (eval mode, frozen)
     compressor = load_model("exp/ctc_compressor")               # a CTCCompressor; compressor.tokenizer its tokens
     seq2seq = load_model("exp/seq2seq/model")                   # a Seq2SeqModel; seq2seq.tokenizer its targets
+    whisper = load_model("exp/whisper/base")                    # a WhisperSeq2Seq (exported or fine-tuned); .tokenizer
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from speechllm_cli.models.ctc_compressor_io import load_ctc_compressor
 from speechllm_cli.models.model_dir import read_model_record
 from speechllm_cli.models.seq2seq_io import load_seq2seq
 from speechllm_cli.models.speech_llm_io import load_speech_llm
+from speechllm_cli.models.whisper.finetuned import load_whisper
 
 
 def load_model(model_dir: str | os.PathLike, device: str = "cpu", **kwargs):
@@ -27,6 +29,8 @@ def load_model(model_dir: str | os.PathLike, device: str = "cpu", **kwargs):
         model, tokenizer = load_ctc_compressor(model_dir, device, **kwargs)
     elif model_type == "seq2seq":
         model, tokenizer = load_seq2seq(model_dir, device)
+    elif model_type == "whisper":
+        return load_whisper(model_dir, device, **kwargs)  # it has its tokenizer
     else:
         return load_speech_llm(model_dir, device=device, **kwargs)
     model.tokenizer = tokenizer

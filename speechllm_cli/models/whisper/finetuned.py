@@ -173,11 +173,11 @@ class WhisperSeq2Seq(nn.Module):
 
         return EncoderDecoderCache(DynamicCache(), DynamicCache())
 
-    def decoder_logits(self, input_ids: torch.Tensor, hidden: torch.Tensor, hidden_lens: torch.Tensor,
-                       cache: Any = None, last_only: bool = False) -> torch.Tensor:
-        """Logits (B, L, V) (``last_only``: (B, V)) of the tokens after each of ``input_ids`` (B, L), the decoder
-        cross-attending to the first ``hidden_lens`` frames of ``hidden`` (B, S, D). With ``cache`` (from
-        :meth:`new_cache`) ``input_ids`` continue what the cache holds, and it is updated in place."""
+    def decoder_states(self, input_ids: torch.Tensor, hidden: torch.Tensor, hidden_lens: torch.Tensor,
+                       cache: Any = None) -> torch.Tensor:
+        """The decoder's output (B, L, D) over ``input_ids`` (B, L), cross-attending to the first ``hidden_lens``
+        frames of ``hidden`` (B, S, D). With ``cache`` (from :meth:`new_cache`) ``input_ids`` continue what the cache
+        holds, and it is updated in place."""
         from speechllm_cli.models.llm import cache_kwarg
 
         decoder = self.whisper.model.decoder
@@ -186,8 +186,13 @@ class WhisperSeq2Seq(nn.Module):
             key_mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < hidden_lens[:, None]  # (B, S)
         out = decoder(input_ids=input_ids, encoder_hidden_states=hidden, use_cache=cache is not None,
                       encoder_key_mask=key_mask, **{cache_kwarg(decoder.forward): cache})
-        states = out.last_hidden_state[:, -1] if last_only else out.last_hidden_state
-        return self.whisper.proj_out(states)
+        return out.last_hidden_state
+
+    def decoder_logits(self, input_ids: torch.Tensor, hidden: torch.Tensor, hidden_lens: torch.Tensor,
+                       cache: Any = None, last_only: bool = False) -> torch.Tensor:
+        """Logits (B, L, V) (``last_only``: (B, V)) of the tokens after each of ``input_ids``; see decoder_states."""
+        states = self.decoder_states(input_ids, hidden, hidden_lens, cache)
+        return self.whisper.proj_out(states[:, -1] if last_only else states)
 
     def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor, prefix_ids: list[list[int]],
                 target_ids: list[list[int]], label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict]:
@@ -203,11 +208,11 @@ class WhisperSeq2Seq(nn.Module):
         if inputs.shape[1] > self.max_target_positions:
             raise ValueError(f"a prefix + target of {inputs.shape[1]} tokens: Whisper's decoder takes at most "
                              f"{self.max_target_positions}")
-        logits = self.decoder_logits(inputs, hidden, hidden_lens).float()  # (B, L, V)
-        scored = labels != IGNORE_ID
-        loss = F.cross_entropy(logits[scored], labels[scored], label_smoothing=label_smoothing)
+        scored = labels != IGNORE_ID  # (B, L): the output projection (V = 51865) runs on these positions only
+        logits = self.whisper.proj_out(self.decoder_states(inputs, hidden, hidden_lens)[scored]).float()  # (N, V)
+        loss = F.cross_entropy(logits, labels[scored], label_smoothing=label_smoothing)
         num_tokens = int(scored.sum())
-        acc = float((logits[scored].argmax(-1) == labels[scored]).float().mean())
+        acc = float((logits.argmax(-1) == labels[scored]).float().mean())
         return loss, {"loss": float(loss.detach()), "acc": acc, "num_tokens": num_tokens, "num_utts": len(prefix_ids)}
 
     # ------------------------------------------------------------------ what trains
