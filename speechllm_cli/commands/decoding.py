@@ -26,7 +26,8 @@ from speechllm_cli.diagnose.options import DiagnoseOptions
 
 def decode_cmd(
     model: Path = typer.Option(..., help="Experiment dir (exp/speechllm, exp/seq2seq) or a saved model dir "
-                               "(exp/speechllm/model): a speech-LLM, a seq2seq model or a Whisper (exported or fine-tuned)."),
+                               "(exp/speechllm/model): a speech-LLM, a seq2seq model or a Whisper (exported, e.g. "
+                               "exp/whisper/base, or fine-tuned)."),
     data: Path = typer.Option(..., help="Dump dir to decode, e.g. dump/test."),
     out: Path | None = typer.Option(None, help="Decode dir (default MODEL/decode_<data name>)."),
     beam: int = option(DecodeOptions, "beam", help="Beam size (1: greedy search)."),
