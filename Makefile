@@ -1,11 +1,12 @@
 # speechllm: `make install` sets everything up, `make test` runs the fast tests,
-# `make demo` runs the recipe on the embedded corpus, `make baselines` the paper's baselines. See README.md.
+# `make demo` runs the recipe on the embedded corpus, `make baselines` the paper's baselines, `make whisper` every
+# Whisper system beside them. See README.md.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAGE ?= 1
 STOP_STAGE ?= 100
 
-.PHONY: install test test-slow demo baselines ablations lint bench clean
+.PHONY: install test test-slow demo baselines whisper ablations lint bench clean
 
 install:
 	tools/install_system.sh
@@ -22,6 +23,9 @@ demo:
 
 baselines:  # after `make demo`: seq2seq from scratch + LLM n-best rescoring, one table with Speech-LLaMA
 	cd egs/covost2 && local/run_baselines.sh
+
+whisper:  # after `make demo`: zero-shot and fine-tuned Whisper, Speech-LLaMA on Whisper, the fbank systems
+	cd egs/covost2 && local/run_whisper.sh
 
 ablations:  # after `make baselines`: every conf/tuning/ablation_*.yaml and the decoder-only model, one table
 	cd egs/covost2 && local/run_ablations.sh
