@@ -75,7 +75,7 @@ def main() -> None:
         export_whisper(None, whisper)
     if args.dump_dir:
         table = kaldiio.load_scp(str(args.dump_dir / "feats.scp"))
-        feats = [torch.from_numpy(table[utt]) for utt in list(table)[: args.batch]]
+        feats = [torch.tensor(table[utt]) for utt in list(table)[: args.batch]]
     else:
         feats = espeak_feats()[: args.batch]
     batch, lens = pad(feats)

@@ -177,7 +177,7 @@ fi
 if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
   nbest_args=""; [ "${nbest}" -gt 0 ] && nbest_args="--nbest ${nbest}"
   for dset in ${test_sets}; do
-    log "stage 6: decoding dump/${dset} with ${exp_dir} (${decode_config} ${decode_args} ${nbest_args}, ${nj} jobs)"
+    log "stage 6: decoding ${dumpdir}/${dset} with ${exp_dir} (${decode_config} ${decode_args} ${nbest_args}, ${nj} jobs)"
     # shellcheck disable=SC2086
     speechllm decode --model "${exp_dir}" --data "${dumpdir}/${dset}" --out "${exp_dir}/decode_${dset}" \
       --nj "${nj}" --cmd "${decode_cmd}" --config "${decode_config}" ${decode_args} ${nbest_args}
