@@ -8,7 +8,6 @@ the reader (fused q/k/v rows, a zero k bias, the output projection as an alias),
 
 from __future__ import annotations
 
-import json
 import shutil
 import struct
 from pathlib import Path
@@ -142,6 +141,3 @@ def export_tiny_whisper(root: Path, seed: int = 0) -> Path:
     ct2_dir = write_ct2_dir(tiny_whisper(seed), root / f"ct2_{seed}", dtype=np.float32)
     return export_whisper(ct2_dir, root / f"whisper_{seed}")
 
-
-def config_json(path: Path) -> dict:
-    return json.loads((path / "config.json").read_text())
