@@ -26,7 +26,8 @@ from speechllm_cli.decode.search import beam_search, greedy_search, search
 from speechllm_cli.decode.whisper_scorer import WhisperBatch, WhisperScorer
 from speechllm_cli.features.feats_type import write_feats_type
 from speechllm_cli.models.load import load_model
-from speechllm_cli.models.whisper.finetuned import load_whisper, padded_input
+from speechllm_cli.models.whisper.encoder import padded_input
+from speechllm_cli.models.whisper.finetuned import load_whisper
 
 pytestmark = requires_espeak
 

@@ -44,6 +44,23 @@ def silence_value(feats: torch.Tensor) -> torch.Tensor:
     return torch.clamp(feats.max() - DYNAMIC_RANGE / 4.0, min=floor)
 
 
+def padded_input(feats: torch.Tensor, max_frames: int = 3000) -> torch.Tensor:
+    """One clip's log-mel (T, F) as Whisper's feature extractor gives it for the clip padded with zero samples to
+    30 s: (max_frames, F), the frames after T at the clip's log-mel of silence."""
+    return torch.cat([feats, silence_value(feats).expand(max_frames - feats.shape[0], feats.shape[1])])
+
+
+def check_input(feats: torch.Tensor, feat_lens: torch.Tensor, num_mel_bins: int, max_frames: int) -> None:
+    """A clear error for features of another mel size, or clips empty or longer than 30 s (``max_frames``)."""
+    if feats.shape[-1] != num_mel_bins:
+        raise ValueError(f"features of {feats.shape[-1]} bins where this Whisper takes {num_mel_bins}-bin log-mel: "
+                         f"make them with `speechllm fbank --type whisper_mel --num-mel-bins {num_mel_bins}`")
+    longest, shortest = int(feat_lens.max()), int(feat_lens.min())
+    if longest > max_frames or shortest < 1:
+        raise ValueError(f"clips of {shortest / 100:.2f}..{longest / 100:.1f} s: Whisper's encoder takes up to "
+                         f"{max_frames / 100:.0f} s; split longer recordings")
+
+
 class WhisperAudioEncoder(nn.Module):
     def __init__(self, encoder: nn.Module, content_hash: str | None = None, pad_to_30s: bool = False,
                  trainable_layers: int = 0, cache_mb: float = 2048.0):
@@ -105,15 +122,8 @@ class WhisperAudioEncoder(nn.Module):
 
     def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (B, T, n_mels) Whisper log-mel, zero or junk past feat_lens -> hidden (B, ceil(T/2), D), lens (B,)."""
-        if feats.shape[-1] != self.num_mel_bins:
-            raise ValueError(f"features of {feats.shape[-1]} bins where this Whisper takes {self.num_mel_bins}-bin "
-                             "log-mel: make them with `speechllm fbank --type whisper_mel --num-mel-bins "
-                             f"{self.num_mel_bins}`")
         feat_lens = feat_lens.to(feats.device)
-        too_long = int(feat_lens.max())
-        if too_long > self.max_frames:
-            raise ValueError(f"a clip of {too_long / 100:.1f} s: Whisper's encoder takes at most "
-                             f"{self.max_frames / 100:.0f} s; split longer recordings")
+        check_input(feats, feat_lens, self.num_mel_bins, self.max_frames)
         frozen, lens = self._frozen_part(feats, feat_lens)
         hidden = frozen
         if self.trainable_layers:
@@ -147,8 +157,7 @@ class WhisperAudioEncoder(nn.Module):
         lens = self.output_lengths(feat_lens)
         frozen_layers = enc.layers[: len(enc.layers) - self.trainable_layers]
         if self.pad_to_30s:
-            x = torch.stack([torch.cat([f[:n], silence_value(f[:n]).expand(self.max_frames - n, f.shape[1])])
-                             for f, n in zip(feats, feat_lens.tolist())])  # (B, 3000, F)
+            x = torch.stack([padded_input(f[:n], self.max_frames) for f, n in zip(feats, feat_lens.tolist())])
             x = F.gelu(enc.conv2(F.gelu(enc.conv1(x.transpose(1, 2))))).transpose(1, 2)  # (B, 1500, D)
             hidden = self._run_layers(frozen_layers, x + enc.embed_positions.weight, None)
         else:

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechllm_cli.models.whisper.encoder import WhisperAudioEncoder, silence_value
+from speechllm_cli.models.whisper.encoder import WhisperAudioEncoder, check_input, padded_input
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +72,6 @@ def register_masked_attention() -> None:
 
     AttentionInterface.register(MASKED_ATTENTION, _masked_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(MASKED_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
-
-
-def padded_input(feats: torch.Tensor, max_frames: int = 3000) -> torch.Tensor:
-    """One clip's dumped log-mel (T, F) as Whisper's feature extractor gives it for the clip padded with zero samples
-    to 30 s: (max_frames, F), the frames after T at the clip's log-mel of silence (encoder.py: silence_value)."""
-    return torch.cat([feats, silence_value(feats).expand(max_frames - feats.shape[0], feats.shape[1])])
 
 
 class WhisperSeq2Seq(nn.Module):
@@ -154,14 +148,8 @@ class WhisperSeq2Seq(nn.Module):
         valid frames of each row (B,): ceil(T_i / 2) at real length, all 1500 padded to 30 s."""
         if self.audio_encoder is not None:
             return self.audio_encoder(feats, feat_lens)
-        if feats.shape[-1] != self.num_mel_bins:
-            raise ValueError(f"features of {feats.shape[-1]} bins where this Whisper takes {self.num_mel_bins}-bin "
-                             f"log-mel: make them with `speechllm fbank --type whisper_mel --num-mel-bins "
-                             f"{self.num_mel_bins}`")
+        check_input(feats, feat_lens, self.num_mel_bins, self.max_frames)
         lens = feat_lens.tolist()
-        if max(lens) > self.max_frames or min(lens) < 1:
-            raise ValueError(f"clips of {min(lens)}..{max(lens)} frames: Whisper takes 1 to {self.max_frames} "
-                             "(30 s); split longer recordings")
         padded = torch.stack([padded_input(f[:n], self.max_frames) for f, n in zip(feats, lens)])  # (B, 3000, F)
         hidden = self.whisper.model.encoder(padded.transpose(1, 2)).last_hidden_state  # (B, 1500, D)
         return hidden, torch.full((hidden.shape[0],), hidden.shape[1], dtype=torch.long, device=hidden.device)
