@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAGE ?= 1
 STOP_STAGE ?= 100
 
-.PHONY: install test test-slow demo baselines whisper ablations lint bench clean
+.PHONY: install test test-slow demo baselines whisper ablations lint bench bench-decode clean
 
 install:
 	tools/install_system.sh
@@ -35,6 +35,10 @@ lint:
 
 bench:
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+bench-decode:  # after `make demo`: every decode engine on the test set (about 15 min)
+	cd egs/covost2 && ../../$(PY) ../../bench/bench_decode.py testset --model exp/speechllm_whisper \
+		--data dump/whisper_mel/test
 
 clean:
 	rm -rf egs/covost2/data egs/covost2/dump egs/covost2/exp egs/covost2/downloads

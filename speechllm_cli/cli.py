@@ -5,7 +5,7 @@ The subcommands live in speechllm_cli/commands/, one module per stage, each regi
     commands/data.py      (stage 1)    make-mini-corpus, prepare-covost2, validate-data, fix-data, split-data
     commands/features.py  (stage 2)    fbank, compute-cmvn
     commands/ctc.py       (stages 3-4) train-tokenizer, train-ctc, ctc-report, ctc-compress
-    commands/llm.py       (stage 5)    export-llm, init-llm, train
+    commands/llm.py       (stage 5)    export-llm, export-whisper, init-llm, train, export-gguf
     commands/decoding.py  (stages 6-7) decode, rescore, diagnose, score, results
 
 fix-data, split-data and ctc-compress are for a user's own corpus, scheduler or analysis; the recipe needs none.
@@ -34,6 +34,8 @@ Usage:
     speechllm train --config conf/train_speechllm.yaml --train-data dump/train --valid-data dump/dev \\
         --out exp/speechllm
     speechllm decode --model exp/speechllm --data dump/test --beam 4
+    speechllm decode --model exp/speechllm --data dump/test --beam 4 --engine llamacpp   # the LLM in llama.cpp
+    speechllm export-gguf --model exp/speechllm --out exp/speechllm/llm-q8_0.gguf --type q8_0
     speechllm diagnose --model exp/speechllm --data dump/test
     speechllm score exp/speechllm/decode_test
     speechllm train --config conf/train_seq2seq.yaml --train-data dump/train --valid-data dump/dev \\

@@ -49,6 +49,12 @@ def decode_cmd(
     llm: Path | None = option(DecodeRun, "llm_path", help="LLM path if it moved since training (its hash must match)."),
     ctc_weight: float = option(DecodeOptions, "ctc_weight",
                                help="seq2seq models: weight of the CTC prefix scores (0: attention only)."),
+    engine: str = option(DecodeOptions, "engine", help="pytorch (any model) or llamacpp (a speech-LLM's LLM as GGUF "
+                         "in llama.cpp; needs llama-cpp-python)."),
+    gguf: Path | None = option(DecodeOptions, "gguf", help="--engine llamacpp: the GGUF from export-gguf (default: "
+                               "MODEL/model/gguf/llm-f16.gguf, exported on first use)."),
+    dtype: str | None = option(DecodeOptions, "dtype", help="--engine pytorch: the speech-LLM's LLM dtype (default: as "
+                               "trained); bfloat16 is about 2x faster on CPUs with bf16 instructions."),
     config: Path | None = ConfigOption,
 ) -> None:
     """Beam or greedy search (a speech-LLM with the LLM's key/value cache, a seq2seq model or Whisper); writes hyp.txt,
@@ -61,8 +67,10 @@ def decode_cmd(
         decode(resolve_model_dir(model), data, out or model / f"decode_{data.name}", run=run, beam=beam,
                max_new_tokens=max_new_tokens, max_len_a=max_len_a, max_len_b=max_len_b,
                no_repeat_ngram=no_repeat_ngram, length_penalty=length_penalty, nbest=nbest, ctc_weight=ctc_weight,
-               task=task, asr_langs=tuple(asr_langs.split()) if asr_langs else None)  # None: the model's choice
-    except (DataDirError, FileNotFoundError, ValueError, RuntimeError) as exc:  # RuntimeError: LLM/front-end mismatch
+               task=task, asr_langs=tuple(asr_langs.split()) if asr_langs else None,  # None: the model's choice
+               engine=engine, gguf=str(gguf) if gguf else None, dtype=dtype)
+    except (DataDirError, FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:  # RuntimeError: LLM or
+        # front-end mismatch; ImportError: --engine llamacpp without llama-cpp-python
         fail(str(exc))
 
 

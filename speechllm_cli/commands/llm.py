@@ -1,8 +1,9 @@
-"""Stage 5, the LLM and the speech-LLM: ``export-llm``, ``export-whisper``, ``init-llm``, ``train``.
+"""Stage 5, the LLM and the speech-LLM: ``export-llm``, ``export-whisper``, ``init-llm``, ``train``, ``export-gguf``.
 
 Usage:
     speechllm export-llm --out exp/llm/smollm2_hf
     speechllm export-whisper --out exp/whisper/base           # the embedded Whisper base as a transformers dir
+    speechllm export-gguf --model exp/speechllm --out exp/speechllm/llm-q8_0.gguf --type q8_0   # for llama.cpp
     speechllm init-llm --out exp/llm/scratch_small --config conf/llm_scratch_small.yaml \\
         --tokenizer data/token_list/tgt_unigram150            # a random LLaMA for model_type: decoder_only
     speechllm train --config conf/train_speechllm.yaml --train-data dump/train --valid-data dump/dev \\
@@ -45,6 +46,26 @@ def export_whisper_cmd(
     try:
         export_whisper(source, out)
     except (FileNotFoundError, CT2FormatError, ValueError) as exc:
+        fail(str(exc))
+
+
+def export_gguf_cmd(
+    model: Path = typer.Option(..., help="A trained speech-LLM or decoder-only experiment dir (or its model dir), e.g. "
+                               "exp/speechllm_whisper."),
+    out: Path = typer.Option(..., help="GGUF file to write, e.g. exp/speechllm_whisper/llm-q8_0.gguf."),
+    type_: str = typer.Option("f16", "--type", help="f32, f16 or q8_0 (matrices; norms stay f32)."),
+    base_gguf: Path | None = typer.Option(None, help="GGUF of the base LLM for the tokenizer metadata (default: the "
+                                          "one the LLM dir was exported from, else its Hugging Face tokenizer)."),
+    llm: Path | None = typer.Option(None, help="The LLM, if it moved since training (its hash must match)."),
+) -> None:
+    """Write the trained LLM (LoRA merged) as GGUF for llama.cpp; `speechllm decode --engine llamacpp --gguf FILE`
+    decodes with it."""
+    from speechllm_cli.decode.decode import resolve_model_dir
+    from speechllm_cli.models.gguf_export import GGUFExportError, export_gguf
+
+    try:
+        export_gguf(resolve_model_dir(model), out, type_, base_gguf, llm)
+    except (FileNotFoundError, GGUFExportError, ValueError, RuntimeError) as exc:
         fail(str(exc))
 
 
@@ -106,3 +127,4 @@ def register(app: typer.Typer) -> None:
     app.command("export-whisper")(export_whisper_cmd)
     app.command("init-llm")(init_llm_cmd)
     app.command("train")(train_cmd)
+    app.command("export-gguf")(export_gguf_cmd)

@@ -3,6 +3,7 @@
 Usage:
     speechllm decode --model exp/speechllm --data dump/test --beam 4 --max-len-a 8 --max-len-b 10 --nj 2
     speechllm decode --model exp/whisper/base --data dump/whisper_mel/test --out exp/whisper/base/decode_test --beam 4
+    speechllm decode --model exp/speechllm_whisper --data dump/whisper_mel/test --engine llamacpp --batch-size 16
     python -m speechllm_cli.decode.decode --options conf/decode.yaml --model-dir exp/seq2seq/model \\
         --data-dir dump/test --out-dir exp/seq2seq/decode_test       # one job, as ``--nj`` runs each
 
@@ -31,6 +32,9 @@ resolved options from ``<out>/log/options.yaml``. The defaults are those of :cla
 :class:`DecodeRun` (speechllm_cli/decode/options.py), for the command line, :func:`decode` and the jobs alike.
 A speech-LLM is decoded with the task choice it was trained with (its record's ``task`` and ``asr_langs``)
 unless ``--task`` / ``--asr-langs`` say otherwise.
+Engines: ``--engine pytorch`` (the default, any model) runs the LLM in transformers; ``--engine llamacpp`` runs a
+speech-LLM's LLM (LoRA merged, exported once to ``<model>/gguf/llm-f16.gguf``, or ``--gguf FILE`` from
+``speechllm export-gguf``) in llama.cpp, its audio side in PyTorch, with the same search (decode/llamacpp_scorer.py).
 """
 
 from __future__ import annotations
@@ -57,7 +61,6 @@ from speechllm_cli.decode.decode_io import (
     finish_stats,
     finished_decode,
     merge_stats,
-    model_fingerprint,
     nbest_line,
     one_line,
     write_decode_dir,
@@ -68,7 +71,7 @@ from speechllm_cli.decode.search import Scorer, cap_to_context, max_new_tokens_f
 from speechllm_cli.features.feats_reader import FeatsReader
 from speechllm_cli.models.llm import llm_context_length
 from speechllm_cli.models.load import load_model
-from speechllm_cli.models.model_dir import SPEECH_LLM_TYPES, is_model_dir, read_model_record
+from speechllm_cli.models.model_dir import SPEECH_LLM_TYPES, is_model_dir, model_fingerprint, read_model_record
 from speechllm_cli.utils.jobs import run_jobs
 from speechllm_cli.utils.options import read_options, split_fields, write_options
 
@@ -113,8 +116,9 @@ def pad_feats(feats: list[np.ndarray], device: torch.device | str) -> tuple[torc
     return padded, lens
 
 
-def speech_llm_decode_model(model) -> DecodeModel:
-    """A loaded SpeechLLM for decoding: the LLM scorer over prompt + audio prefixes."""
+def speech_llm_decode_model(model, gguf: str | Path | None = None, num_threads: int = 0) -> DecodeModel:
+    """A loaded SpeechLLM for decoding: the LLM scorer over prompt + audio prefixes; with ``gguf``, its LLM (exported
+    by export-gguf) runs in llama.cpp (``num_threads`` threads, 0: torch's) and only the audio side in PyTorch."""
     model.eval()
     device = next(model.adapter.parameters()).device
 
@@ -122,7 +126,13 @@ def speech_llm_decode_model(model) -> DecodeModel:
         with torch.inference_mode():
             return model.decoding_prefix(*pad_feats(feats, device), tasks)
 
-    return DecodeModel(scorer=LLMScorer(model.hf_llm), inputs=prefixes,
+    if gguf is not None:
+        from speechllm_cli.decode.llamacpp_scorer import LlamaCppScorer
+
+        scorer = LlamaCppScorer(gguf, n_threads=num_threads)
+    else:
+        scorer = LLMScorer(model.hf_llm)
+    return DecodeModel(scorer=scorer, inputs=prefixes,
                        eos_ids=sorted(set(eos_ids_for(model.tokenizer)) | {int(model.end_id)}),
                        to_text=model.decode_target, needs_task=True, context_length=llm_context_length(model.hf_llm),
                        feats_type=getattr(model.frontend, "feats_type", None))
@@ -158,16 +168,24 @@ def whisper_decode_model(model) -> DecodeModel:
 
 
 def load_decode_model(model_dir: str | Path, device: str = "cpu", llm_path: str | Path | None = None,
-                      ctc_weight: float = 0.0) -> DecodeModel:
-    """The model saved in ``model_dir`` (any type that decodes, after its model.yaml) ready to decode."""
+                      ctc_weight: float = 0.0, gguf: str | Path | None = None, num_threads: int = 0,
+                      dtype: str | None = None) -> DecodeModel:
+    """The model saved in ``model_dir`` (any type that decodes, after its model.yaml) ready to decode; ``gguf``: a
+    speech-LLM's LLM in llama.cpp (``--engine llamacpp``); ``dtype``: a speech-LLM's LLM dtype (default: as trained)."""
     model_type = read_model_record(model_dir)["model_type"]
+    if gguf is not None and model_type not in SPEECH_LLM_TYPES:
+        raise ValueError(f"--engine llamacpp decodes speech-LLMs; {model_dir} is a {model_type} model: use "
+                         "--engine pytorch")
+    if dtype is not None and model_type not in SPEECH_LLM_TYPES:
+        raise ValueError(f"--dtype is for speech-LLMs; {model_dir} is a {model_type} model")
     if model_type == "seq2seq":
         model = load_model(model_dir, device)
         return seq2seq_decode_model(model, model.tokenizer, ctc_weight=ctc_weight)
     if model_type in SPEECH_LLM_TYPES:
         if ctc_weight > 0:
             raise ValueError(f"--ctc-weight is for seq2seq models; {model_dir} is a speech-LLM (it has no CTC head)")
-        return speech_llm_decode_model(load_model(model_dir, device=device, llm_path=llm_path))
+        model = load_model(model_dir, device=device, llm_path=llm_path, dtype=dtype)
+        return speech_llm_decode_model(model, gguf, num_threads)
     if model_type == "whisper":
         if ctc_weight > 0:
             raise ValueError(f"--ctc-weight is for seq2seq models; {model_dir} is a Whisper (it has no CTC head)")
@@ -280,6 +298,8 @@ def decode_data_dir(model, data_dir: str | Path, out_dir: str | Path, options: D
             elif decoder.context_length is not None:  # a decoder of limited positions (Whisper's 448)
                 caps = cap_to_context(caps, inputs.prefix_lengths, decoder.context_length, batch_utts, logger)
             stats["audio_positions"] += sum(getattr(inputs, "audio_lengths", None) or [])  # speech-LLM: LLM inputs
+            if hasattr(decoder.scorer, "reserve"):  # a fixed-size cache (llama.cpp): room for this batch
+                decoder.scorer.reserve([len(e) for e in inputs.embeds], caps, options.beam)
             nbest = search(decoder.scorer, inputs, caps, decoder.eos_ids, beam=options.beam,
                            nbest=max(options.nbest, 1), length_penalty=options.length_penalty,
                            no_repeat_ngram=options.no_repeat_ngram)
@@ -326,13 +346,18 @@ def decode(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, opt
         raise TypeError(f"give the DecodeOptions or its fields {sorted(option_fields)}, not both")
     run = dataclasses.replace(run or DecodeRun(), **run_fields)
     options.validate()
+    if options.engine == "llamacpp":  # the GGUF is made (once) here, not in each job
+        from speechllm_cli.models.gguf_export import gguf_for_decoding
+
+        options = dataclasses.replace(options, gguf=str(gguf_for_decoding(model_dir, options.gguf, run.llm_path)))
     out_dir = Path(out_dir)
     command = shlex.join(sys.argv)
     if run.nj > 1:
         return _decode_in_jobs(model_dir, data_dir, out_dir, options, run, command)
     if run.num_threads > 0:
         torch.set_num_threads(run.num_threads)
-    model = load_decode_model(model_dir, device=run.device, llm_path=run.llm_path, ctc_weight=options.ctc_weight)
+    model = load_decode_model(model_dir, device=run.device, llm_path=run.llm_path, ctc_weight=options.ctc_weight,
+                              gguf=options.gguf, num_threads=run.num_threads, dtype=options.dtype)
     decode_data_dir(model, data_dir, out_dir, options, run.batch_size, command, str(model_dir))
     return out_dir
 

@@ -21,7 +21,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -140,23 +139,6 @@ def write_decode_dir(out_dir: Path, hyps: dict[str, str], data_tables: dict[str,
         atomic_write_text(out_dir / "nbest.txt", sorted_nbest(nbest_lines))
     atomic_write_text(out_dir / "stats.yaml", yaml.safe_dump(stats, sort_keys=False))
     atomic_write_text(out_dir / "decode.yaml", yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
-
-
-def model_fingerprint(model_dir: str | os.PathLike | None) -> str | None:
-    """A short hash of the names and contents of the files in ``model_dir``: it changes when the model is
-    retrained or replaced (so a finished decode dir is not mistaken as up to date), not when the same model
-    is written again (a finished training resumed)."""
-    if model_dir is None:
-        return None
-    root = Path(model_dir)
-    digest = hashlib.sha1()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(root)}\n".encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
-
 
 def finished_decode(out_dir: Path, identity: dict, utts: list[str]) -> bool:
     """True when ``out_dir`` already holds a decode of ``utts`` whose decode.yaml agrees with every key of

@@ -22,6 +22,7 @@ To add a model type: write its save/load module, add a ``MODEL_TYPES`` line and 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -61,3 +62,23 @@ def read_model_record(model_dir: str | os.PathLike, expect: tuple[str, ...] = MO
 
 def is_model_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / RECORD_NAME).is_file()
+
+
+GGUF_DIR = "gguf"  # in a model dir: its GGUF exports
+
+
+def model_fingerprint(model_dir: str | os.PathLike | None) -> str | None:
+    """A short hash of the names and contents of the files in ``model_dir``: it changes when the model is
+    retrained or replaced (so a finished decode dir is not mistaken as up to date), not when the same model
+    is written again (a finished training resumed). Its ``gguf/`` exports (``decode --engine llamacpp``) are
+    derived files and do not count."""
+    if model_dir is None:
+        return None
+    root = Path(model_dir)
+    digest = hashlib.sha1()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] != GGUF_DIR):
+        digest.update(f"{path.relative_to(root)}\n".encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]

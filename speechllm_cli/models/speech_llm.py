@@ -319,7 +319,8 @@ class SpeechLLM(nn.Module):
         spans = None
         if self.config.audio_attention == "bidirectional":
             spans = [(len(p), len(p) + a) for p, a in zip(prompt_ids, audio_lens)]
-        return PrefixBatch(embeds, spans, audio_lens)
+        text_ids = [(list(p), list(self.post_audio_ids)) for p in prompt_ids]
+        return PrefixBatch(embeds, spans, audio_lens, text_ids)
 
     # ----- LLM runs -----
     def _hidden(self, inputs: dict, cache=None) -> torch.Tensor:

@@ -132,10 +132,13 @@ def load_speech_llm(
     llm_path: str | os.PathLike | None = None,
     frontend: nn.Module | None = None,
     trainable: bool = False,
+    dtype: str | None = None,
 ) -> SpeechLLM:
     """Rebuild a saved SpeechLLM. The LLM is the recorded one unless ``llm_path`` is given, the front-end the one its
     config names unless a ``frontend`` module is given; the content hashes of both must equal the recorded ones
-    (LLMMismatchError / FrontEndMismatchError otherwise). ``trainable=False`` freezes everything."""
+    (LLMMismatchError / FrontEndMismatchError otherwise). ``trainable=False`` freezes everything. ``dtype``: the LLM's
+    dtype (default: the one it was trained in, ``config.dtype``), e.g. bfloat16 to decode faster on a CPU with bf16
+    instructions."""
     from speechllm_cli.models.speech_llm import SpeechLLM, SpeechLLMConfig
 
     model_dir = Path(model_dir)
@@ -155,6 +158,7 @@ def load_speech_llm(
             "or retrain the speech LLM on this one."
         )
     config.llm = str(llm)
+    config.dtype = dtype or config.dtype
     frontend_hash = record.get("frontend_hash")
     if frontend is None:
         check_frontend_unchanged(model_dir, record)

@@ -29,6 +29,8 @@ class PrefixBatch:
     embeds: list[torch.Tensor]  # each (P_i, H), in the LLM's embedding space
     bidirectional_spans: list[tuple[int, int] | None] | None = None  # per utterance, or None: all causal
     audio_lengths: list[int] | None = None  # audio positions per prefix (reported in decode statistics only)
+    text_ids: list[tuple[list[int], list[int]]] | None = None  # per prefix: token ids before and after the audio
+    # (the rest of the prefix is audio); lets an engine feed text as tokens (decode/llamacpp_scorer.py)
 
 
 def prefix_lm_mask(padding_mask: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
