@@ -7,6 +7,7 @@ The subcommands live in speechllm_cli/commands/, one module per stage, each regi
     commands/ctc.py       (stages 3-4) train-tokenizer, train-ctc, ctc-report, ctc-compress
     commands/llm.py       (stage 5)    export-llm, export-whisper, init-llm, train, export-gguf
     commands/decoding.py  (stages 6-7) decode, rescore, diagnose, score, results
+    commands/inference.py (after)      infer (a trained model on audio files), package
 
 fix-data, split-data and ctc-compress are for a user's own corpus, scheduler or analysis; the recipe needs none.
 Every option can also come from a YAML file given with ``--config`` (keys are the option names
@@ -44,13 +45,14 @@ Usage:
     speechllm rescore --nbest exp/seq2seq/decode_test/nbest.txt --llm exp/llm/smollm2_hf \\
         --tune-nbest exp/seq2seq/decode_dev/nbest.txt --length-normalise --out exp/seq2seq/decode_test_llm_rescore
     speechllm results exp
+    speechllm infer --model exp/speechllm_whisper recording.wav more_recordings/
 """
 
 from __future__ import annotations
 
 import typer
 
-from speechllm_cli.commands import ctc, data, decoding, features, llm
+from speechllm_cli.commands import ctc, data, decoding, features, inference, llm
 from speechllm_cli.utils.logging import setup_logging
 
 app = typer.Typer(
@@ -66,7 +68,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
     setup_logging(verbose)
 
 
-for stage in (data, features, ctc, llm, decoding):  # in recipe order, which `speechllm --help` keeps
+for stage in (data, features, ctc, llm, decoding, inference):  # in recipe order (`speechllm --help`)
     stage.register(app)
 
 

@@ -153,3 +153,39 @@ def greedy(model, feats, feat_lens, tasks, max_new_tokens: int) -> list[list[int
 
 
 TARGETS = ["hello world", "the cat sat on the mat", "good morning, how are you today?"]
+
+
+def _randomise_lora(model, seed: int = 1) -> None:
+    """LoRA B starts at zero (a no-op); give it weights so the export has something to merge."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.llm.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+
+
+def save_speech_llm_dir(root, llm_dir=None, **overrides):
+    """A speech-LLM model dir ``root/model`` on disk (tiny LLaMA, tiny random CTC compressor dir ``root/ctc`` on a char
+    token list of UTTS' texts, LoRA B randomised), as `speechllm decode` loads it."""
+    from _train_fixtures import save_ctc_dir
+    from test_decode_dir import UTTS
+
+    from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConfig
+    from speechllm_cli.models.speech_llm import SpeechLLMConfig
+    from speechllm_cli.models.speech_llm_io import build_speech_llm, save_speech_llm
+    from speechllm_cli.text.tokenizer import Tokenizer, train_tokenizer
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "text").write_text("".join(f"{u} {t}\n" for u, (_, t) in UTTS.items()), encoding="utf-8")
+    token_dir = train_tokenizer([root / "text"], root / "token_list", vocab_size=20, model_type="char")
+    torch.manual_seed(0)
+    ctc_config = CTCCompressorConfig(d_model=32, num_heads=2, ff_dim=64, num_layers=1, dropout=0.0,
+                                     vocab_size=Tokenizer.load(token_dir).vocab_size)
+    save_ctc_dir(root / "ctc", CTCCompressor(ctc_config), token_dir)
+    settings = {"use_chat_template": True, "adapter": TINY_ADAPTER,
+                "frontend": {"dir": str(root / "ctc"), "compression": "frame_average"}, **overrides}
+    config = SpeechLLMConfig(llm=str(llm_dir or save_tiny_llm(root / "llm")), **settings)
+    model = build_speech_llm(config)
+    if config.lora.rank > 0:
+        _randomise_lora(model)
+    return save_speech_llm(model, root / "model")

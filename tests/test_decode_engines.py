@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from _speech_llm_fixtures import TINY_ADAPTER, feats_batch, make_model, make_tokenizer, save_tiny_llm, tiny_llama
+from _speech_llm_fixtures import feats_batch, make_model, make_tokenizer, save_speech_llm_dir, save_tiny_llm, tiny_llama
 from test_decode_dir import UTTS, make_dump_dir
 from typer.testing import CliRunner
 
@@ -33,46 +33,12 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is install
 from speechllm_cli.decode.llamacpp_scorer import LlamaCppScorer  # noqa: E402
 
 
-def _randomise_lora(model, seed: int = 1) -> None:
-    """LoRA B starts at zero (a no-op); give it weights so the export has something to merge."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.llm.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
-
-
-def _save_model(root, llm_dir=None, **overrides):
-    """A speech-LLM model dir on disk (tiny LLaMA, tiny random CTC compressor dir), as `speechllm decode` loads it."""
-    from _train_fixtures import save_ctc_dir
-
-    from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConfig
-    from speechllm_cli.models.speech_llm import SpeechLLMConfig
-    from speechllm_cli.models.speech_llm_io import build_speech_llm, save_speech_llm
-    from speechllm_cli.text.tokenizer import Tokenizer, train_tokenizer
-
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "text").write_text("".join(f"{u} {t}\n" for u, (_, t) in UTTS.items()), encoding="utf-8")
-    token_dir = train_tokenizer([root / "text"], root / "token_list", vocab_size=20, model_type="char")
-    torch.manual_seed(0)
-    ctc_config = CTCCompressorConfig(d_model=32, num_heads=2, ff_dim=64, num_layers=1, dropout=0.0,
-                                     vocab_size=Tokenizer.load(token_dir).vocab_size)
-    save_ctc_dir(root / "ctc", CTCCompressor(ctc_config), token_dir)
-    settings = {"use_chat_template": True, "adapter": TINY_ADAPTER,
-                "frontend": {"dir": str(root / "ctc"), "compression": "frame_average"}, **overrides}
-    config = SpeechLLMConfig(llm=str(llm_dir or save_tiny_llm(root / "llm")), **settings)
-    model = build_speech_llm(config)
-    if config.lora.rank > 0:
-        _randomise_lora(model)
-    return save_speech_llm(model, root / "model")
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     from _speech_llm_fixtures import speech_feats
 
     root = tmp_path_factory.mktemp("gguf")
-    model_dir = _save_model(root)
+    model_dir = save_speech_llm_dir(root)
     dump = make_dump_dir(root / "dump", dict(zip(UTTS, speech_feats())))
     return model_dir, dump
 
@@ -95,7 +61,7 @@ def test_llamacpp_decode_equals_pytorch_decode(saved, tmp_path, beam):
 
 
 def test_gguf_records_its_model_and_a_changed_model_refuses_it(tmp_path):
-    model_dir = _save_model(tmp_path)
+    model_dir = save_speech_llm_dir(tmp_path)
     before = model_fingerprint(model_dir)
     gguf = export_gguf(model_dir, tmp_path / "llm-f32.gguf", "f32")
     source = read_gguf_source(gguf)
@@ -181,7 +147,7 @@ def test_decoder_only_model_exports_with_its_unigram_tokenizer(tmp_path):
     result = CliRunner().invoke(app, ["init-llm", "--out", str(tmp_path / "llm"), "--config",
                                       str(tmp_path / "llm.yaml"), "--tokenizer", str(token_dir)])
     assert result.exit_code == 0, result.output
-    model_dir = _save_model(tmp_path / "m", llm_dir=tmp_path / "llm", train_llm=True, lora={"rank": 0},
+    model_dir = save_speech_llm_dir(tmp_path / "m", llm_dir=tmp_path / "llm", train_llm=True, lora={"rank": 0},
                             use_chat_template=False, prompts={"st": "translate", "asr": "transcribe"})
     result = CliRunner().invoke(app, ["export-gguf", "--model", str(model_dir), "--out", str(tmp_path / "d.gguf"),
                                       "--type", "f32"])

@@ -67,7 +67,7 @@ from speechllm_cli.decode.decode_io import (
 )
 from speechllm_cli.decode.llm_scorer import LLMScorer, PrefixBatch, eos_ids_for
 from speechllm_cli.decode.options import DecodeOptions, DecodeRun
-from speechllm_cli.decode.search import Scorer, cap_to_context, max_new_tokens_for, search
+from speechllm_cli.decode.search import Hypothesis, Scorer, cap_to_context, max_new_tokens_for, search
 from speechllm_cli.features.feats_reader import FeatsReader
 from speechllm_cli.models.llm import llm_context_length
 from speechllm_cli.models.load import load_model
@@ -247,6 +247,27 @@ def _check_feats_type(data_dir: Path, expected: tuple[str, int], who: str) -> No
     check_feats_type(data_dir, expected, who)
 
 
+def decode_batch(decoder: DecodeModel, feats: list[np.ndarray], options: DecodeOptions, utt_ids: list[str],
+                 tasks: list[str] | None = None, langs: list[str] | None = None
+                 ) -> tuple[list[list[Hypothesis]], int]:
+    """Search one batch: raw features per utterance (frames of 10 ms), their tasks (asr/st; when
+    ``decoder.needs_task``) and languages (when ``decoder.needs_lang``). Output caps follow ``options`` and the
+    model's context (a warning names each utterance whose cap shrinks). Returns the n-best lists (``max(nbest, 1)``
+    per utterance) and the number of audio positions the LLM read (speech-LLMs; 0 otherwise)."""
+    seconds = [len(f) * FRAME_SHIFT for f in feats]
+    caps = max_new_tokens_for(seconds, options.max_new_tokens, options.max_len_a, options.max_len_b)
+    inputs = decoder.inputs(feats, tasks, langs) if decoder.needs_lang else decoder.inputs(feats, tasks)
+    if isinstance(inputs, PrefixBatch):  # an LLM: prompt + audio + output must fit its context
+        caps = cap_to_context(caps, [len(e) for e in inputs.embeds], decoder.context_length, utt_ids, logger)
+    elif decoder.context_length is not None:  # a decoder of limited positions (Whisper's 448)
+        caps = cap_to_context(caps, inputs.prefix_lengths, decoder.context_length, utt_ids, logger)
+    if hasattr(decoder.scorer, "reserve"):  # a fixed-size cache (llama.cpp): room for this batch
+        decoder.scorer.reserve([len(e) for e in inputs.embeds], caps, options.beam)
+    nbest = search(decoder.scorer, inputs, caps, decoder.eos_ids, beam=options.beam, nbest=max(options.nbest, 1),
+                   length_penalty=options.length_penalty, no_repeat_ngram=options.no_repeat_ngram)
+    return nbest, sum(getattr(inputs, "audio_lengths", None) or [])
+
+
 def _identity(options: DecodeOptions, model_dir, data_dir) -> dict:
     """What makes two decodes the same: options, model (dir + fingerprint), data dir."""
     return {"config": options.record(), "model_dir": str(model_dir) if model_dir else None,
@@ -287,22 +308,10 @@ def decode_data_dir(model, data_dir: str | Path, out_dir: str | Path, options: D
             begin = time.perf_counter()
             feats = [feats_scp[utt] for utt in batch_utts]  # FeatsReadError names utterance, ark, offset, fix
             seconds = [len(f) * FRAME_SHIFT for f in feats]
-            caps = max_new_tokens_for(seconds, options.max_new_tokens, options.max_len_a, options.max_len_b)
             tasks = _tasks(data, batch_utts, options) if decoder.needs_task else None
-            if decoder.needs_lang:
-                inputs = decoder.inputs(feats, tasks, _langs(data, batch_utts))
-            else:
-                inputs = decoder.inputs(feats, tasks)
-            if isinstance(inputs, PrefixBatch):  # an LLM: prompt + audio + output must fit its context
-                caps = cap_to_context(caps, [len(e) for e in inputs.embeds], decoder.context_length, batch_utts, logger)
-            elif decoder.context_length is not None:  # a decoder of limited positions (Whisper's 448)
-                caps = cap_to_context(caps, inputs.prefix_lengths, decoder.context_length, batch_utts, logger)
-            stats["audio_positions"] += sum(getattr(inputs, "audio_lengths", None) or [])  # speech-LLM: LLM inputs
-            if hasattr(decoder.scorer, "reserve"):  # a fixed-size cache (llama.cpp): room for this batch
-                decoder.scorer.reserve([len(e) for e in inputs.embeds], caps, options.beam)
-            nbest = search(decoder.scorer, inputs, caps, decoder.eos_ids, beam=options.beam,
-                           nbest=max(options.nbest, 1), length_penalty=options.length_penalty,
-                           no_repeat_ngram=options.no_repeat_ngram)
+            langs = _langs(data, batch_utts) if decoder.needs_lang else None
+            nbest, audio_positions = decode_batch(decoder, feats, options, batch_utts, tasks, langs)
+            stats["audio_positions"] += audio_positions
             hyps, lines = {}, []
             for utt, hyp_list in zip(batch_utts, nbest):
                 texts = [one_line(decoder.to_text(h.tokens)) for h in hyp_list]

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConfig
-from speechllm_cli.models.model_dir import is_model_dir, read_model_record, write_model_record
+from speechllm_cli.models.model_dir import is_model_dir, read_model_record, resolve_recorded_path, write_model_record
 from speechllm_cli.text.tokenizer import MODEL_NAME, TOKENS_NAME, Tokenizer
 from speechllm_cli.utils.config import load_dataclass, read_yaml
 from speechllm_cli.utils.io import files_sha256, sha256_text
@@ -45,7 +45,7 @@ def check_whisper_unchanged(model_dir: Path) -> None:
     record = read_model_record(model_dir, expect=(MODEL_TYPE,))
     if "whisper" not in record:
         return
-    path, trained = record["whisper"]["path"], record["whisper"]["hash"]
+    path, trained = resolve_recorded_path(record["whisper"]["path"], model_dir), record["whisper"]["hash"]
     now = read_model_record(path, expect=("whisper",)).get("hash")
     if now != trained:
         raise ValueError(f"{model_dir} was trained on the Whisper {path} with hash {trained}, but {path} now has hash "
@@ -56,7 +56,9 @@ def _config_and_tokenizer_dir(model_dir: Path) -> tuple[CTCCompressorConfig, Pat
     if is_model_dir(model_dir):
         record = read_model_record(model_dir, expect=(MODEL_TYPE,))
         source = f"{model_dir / 'model.yaml'} (config:)"
-        return load_dataclass(CTCCompressorConfig, record["config"], source=source), model_dir / record["tokenizer"]
+        config = load_dataclass(CTCCompressorConfig, record["config"], source=source)
+        config.whisper_dir = resolve_recorded_path(config.whisper_dir, model_dir)
+        return config, model_dir / record["tokenizer"]
     config_path = model_dir / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{model_dir / 'model.yaml'} not found: {model_dir} is not a trained CTC compressor "

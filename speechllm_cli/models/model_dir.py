@@ -82,3 +82,12 @@ def model_fingerprint(model_dir: str | os.PathLike | None) -> str | None:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+def resolve_recorded_path(recorded: str, base: str | os.PathLike) -> str:
+    """A path a model dir records (its LLM, front-end or Whisper dir): relative to ``base`` (the dir that records
+    it) when it is relative and exists there, as a package writes it; else as recorded (absolute, or relative to the
+    working dir, as the recipe writes it)."""
+    if recorded and not Path(recorded).is_absolute() and (Path(base) / recorded).exists():
+        return str(Path(base) / recorded)
+    return recorded

@@ -37,7 +37,12 @@ from safetensors.torch import load_file, save_file
 
 from speechllm_cli.models.frontends import FRONTENDS, build_frontend, frontend_config
 from speechllm_cli.models.llm import find_embedded_gguf, llm_content_hash, load_llm
-from speechllm_cli.models.model_dir import SPEECH_LLM_TYPES, read_model_record, write_model_record
+from speechllm_cli.models.model_dir import (
+    SPEECH_LLM_TYPES,
+    read_model_record,
+    resolve_recorded_path,
+    write_model_record,
+)
 from speechllm_cli.utils.io import atomic_dir
 
 if TYPE_CHECKING:
@@ -144,7 +149,8 @@ def load_speech_llm(
     model_dir = Path(model_dir)
     record = read_record(model_dir)
     config = SpeechLLMConfig(**record["config"])
-    llm = Path(llm_path) if llm_path else Path(record["llm"]["path"])
+    _resolve_frontend_dir(config.frontend, model_dir)
+    llm = Path(llm_path) if llm_path else Path(resolve_recorded_path(record["llm"]["path"], model_dir))
     if not llm.exists():
         raise FileNotFoundError(
             f"LLM {llm} recorded in {model_dir / 'model.yaml'} not found; pass the path of the same LLM (llm_path=...)"
@@ -183,6 +189,7 @@ def check_frontend_unchanged(model_dir: str | os.PathLike, record: dict | None =
     recorded one); FrontEndMismatchError otherwise. Cheap: hashes the front-end's files without loading them."""
     record = record or read_record(model_dir)
     config = frontend_config(record["config"]["frontend"])
+    _resolve_frontend_dir(config, model_dir)
     recorded, found = record.get("frontend_hash"), FRONTENDS.cls(config).source_hash(config)
     if recorded is not None and found != recorded:
         raise FrontEndMismatchError(
@@ -191,6 +198,12 @@ def check_frontend_unchanged(model_dir: str | os.PathLike, record: dict | None =
             "it was retrained or replaced since, and the adapter only fits the original. Restore the original "
             "front-end, or retrain the speech LLM on this one (run.sh --stage 5)."
         )
+
+
+def _resolve_frontend_dir(frontend, model_dir: str | os.PathLike) -> None:
+    """A front-end's ``dir`` relative to the model dir when it is there (a package), in place."""
+    if getattr(frontend, "dir", ""):
+        frontend.dir = resolve_recorded_path(frontend.dir, model_dir)
 
 
 def _load_audio_state(model: SpeechLLM, path: Path) -> None:

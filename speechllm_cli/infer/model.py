@@ -1,0 +1,228 @@
+"""``SpeechModel``: a trained model (speech-LLM, seq2seq or Whisper) run on audio files or samples from Python.
+
+Example::
+
+    from speechllm_cli import SpeechModel
+
+    model = SpeechModel.load("exp/speechllm_whisper")              # an experiment dir, a model dir or a package
+    model.transcribe("meeting.wav").text                           # English ASR
+    model.translate("interview.mp3", source_language="de").text    # X -> English
+    for result in model.transcribe_batch(["a.flac", "b.ogg"]):    # batched; unreadable files come back with .error
+        print(result.key, result.text or result.error)
+
+Audio in any format libsndfile reads (wav, flac, mp3, ogg), any rate and channel count, is mixed down and resampled to
+16 kHz; the features are the model's own (its dump ``feats_type``: fbank or Whisper log-mel, computed as stage 2
+computes them; CMVN lives inside the model). A recording longer than ``max_seconds`` (default 30 s, Whisper's
+window) is split at pauses (:func:`~speechllm_cli.infer.audio_input.split_at_pauses`) and the parts' outputs are
+joined. Decoding goes through the same search as ``speechllm decode`` (:func:`~speechllm_cli.decode.decode.
+decode_batch`) with the model's decode options: the ``decode.yaml`` of a package, else of the experiment's latest
+decode dir, else :class:`~speechllm_cli.decode.options.DecodeOptions`' defaults; any field can be overridden.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from speechllm_cli.decode.decode import (
+    DecodeModel,
+    decode_batch,
+    load_decode_model,
+    resolve_model_dir,
+    trained_task_choice,
+)
+from speechllm_cli.decode.decode_io import one_line
+from speechllm_cli.decode.options import DecodeOptions
+from speechllm_cli.features.audio import TARGET_RATE, AudioError
+from speechllm_cli.features.fbank import feats_config, make_extractor
+from speechllm_cli.infer.audio_input import InputAudio, load_input, split_at_pauses
+
+logger = logging.getLogger(__name__)
+
+DECODE_CONFIG = "decode.yaml"  # in a package (or an experiment's decode dir): the decode options
+DEFAULT_MAX_SECONDS = 30.0  # longer recordings are split at pauses (Whisper's window)
+MIN_SECONDS = 0.1  # shorter audio (or a shorter last part) is not decoded
+
+
+@dataclasses.dataclass
+class Result:
+    """The output for one recording."""
+
+    key: str  # the path (or utterance id) it was given as
+    text: str  # the 1-best output, parts joined with a space
+    task: str | None  # asr or st (None: a model with one task)
+    language: str | None  # the source language it was decoded as
+    duration: float  # seconds of audio
+    num_tokens: int = 0  # output tokens, end tokens included, over all parts
+    score: float = 0.0  # sum of the parts' log-probabilities
+    seconds: float = 0.0  # processing time (its share of the batches it was in)
+    parts: int = 1  # pieces it was split into at pauses
+    error: str | None = None  # why it could not be decoded (then text is empty)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class _Piece:
+    index: int  # which recording of the chunk
+    part: int  # which part of that recording, in time order
+    feats: np.ndarray
+
+
+def model_decode_options(model_dir: Path) -> DecodeOptions:
+    """The decode options a model travels with: ``decode.yaml`` in the model dir (a package), else the newest
+    ``decode_*/decode.yaml`` of its experiment dir, else the defaults."""
+    candidates = [model_dir / DECODE_CONFIG]
+    decode_dirs = sorted(model_dir.parent.glob(f"decode_*/{DECODE_CONFIG}"), key=lambda p: p.stat().st_mtime)
+    candidates += decode_dirs[::-1]
+    for path in candidates:
+        if path.is_file():
+            record = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            fields = record.get("config", record)  # a decode dir's record holds the options under "config"
+            known = {f.name for f in dataclasses.fields(DecodeOptions)} - {"task", "asr_langs", "engine", "gguf"}
+            return DecodeOptions(**{k: v for k, v in fields.items() if k in known})
+    return DecodeOptions()
+
+
+class SpeechModel:
+    """A trained model ready to run on audio; see the module docstring."""
+
+    def __init__(self, decoder: DecodeModel, model_dir: Path, options: DecodeOptions, asr_langs: tuple[str, ...],
+                 trained_task: str | None, batch_size: int = 8, max_seconds: float = DEFAULT_MAX_SECONDS):
+        self.decoder = decoder
+        self.model_dir = model_dir
+        self.options = options
+        self.asr_langs = asr_langs
+        self.trained_task = trained_task
+        self.batch_size = batch_size
+        self.max_seconds = max_seconds
+        feats_type = decoder.feats_type or ("fbank", 80)
+        self.extract = make_extractor(feats_config(*feats_type))
+
+    @classmethod
+    def load(cls, model: str | os.PathLike, device: str = "cpu", engine: str = "pytorch",
+             gguf: str | os.PathLike | None = None, llm_path: str | os.PathLike | None = None, num_threads: int = 0,
+             batch_size: int = 8, max_seconds: float = DEFAULT_MAX_SECONDS, **options) -> SpeechModel:
+        """Load an experiment dir, a model dir or a package; ``options`` override DecodeOptions fields (``beam=4``)."""
+        model_dir = resolve_model_dir(model)
+        decode_options = dataclasses.replace(model_decode_options(model_dir), engine=engine, **options)
+        if engine == "llamacpp":
+            from speechllm_cli.models.gguf_export import gguf_for_decoding
+
+            decode_options.gguf = str(gguf_for_decoding(model_dir, gguf, llm_path))
+        decode_options.validate()
+        if num_threads:
+            import torch
+
+            torch.set_num_threads(num_threads)
+        decoder = load_decode_model(model_dir, device=device, llm_path=llm_path, gguf=decode_options.gguf,
+                                    num_threads=num_threads, dtype=decode_options.dtype)
+        trained_task, asr_langs = trained_task_choice(model_dir, None, None)
+        return cls(decoder, model_dir, decode_options, asr_langs, trained_task, batch_size, max_seconds)
+
+    # ----- the task of a recording -----
+    def task_for(self, task: str | None, language: str | None) -> tuple[str, str]:
+        """(task, language): a given task wins; else ASR for the model's ASR languages and ST otherwise; with neither,
+        the trained task, else the first ASR language."""
+        if task is not None and task not in ("asr", "st"):
+            raise ValueError(f"task must be 'asr' or 'st', not {task!r}")
+        if language is None:
+            language = self.asr_langs[0] if (task or self.trained_task or "asr") == "asr" else None
+        if task is None:
+            task = self.trained_task or ("asr" if language in self.asr_langs else "st")
+        if language is None and self.decoder.needs_lang:
+            raise ValueError("this model needs the source language of a translation: give language=... (--lang)")
+        return task, language
+
+    # ----- the Python API -----
+    def transcribe(self, audio: str | os.PathLike | np.ndarray, language: str | None = None,
+                   sample_rate: int = TARGET_RATE) -> Result:
+        """Recognise one recording (a path, or float samples at ``sample_rate``)."""
+        return self._single(audio, "asr", language, sample_rate)
+
+    def translate(self, audio: str | os.PathLike | np.ndarray, source_language: str | None = None,
+                  sample_rate: int = TARGET_RATE) -> Result:
+        """Translate one recording into the model's target language (English in the recipe)."""
+        return self._single(audio, "st", source_language, sample_rate)
+
+    def transcribe_batch(self, paths: Iterable[str | os.PathLike], language: str | None = None) -> list[Result]:
+        return list(self.run([InputAudio(str(p), str(p)) for p in paths], "asr", language))
+
+    def translate_batch(self, paths: Iterable[str | os.PathLike], source_language: str | None = None) -> list[Result]:
+        return list(self.run([InputAudio(str(p), str(p)) for p in paths], "st", source_language))
+
+    def _single(self, audio, task, language, sample_rate) -> Result:
+        if isinstance(audio, np.ndarray):
+            from speechllm_cli.features.audio import resample
+
+            samples = resample(np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate)
+            return self._decode_chunk([("array", samples)], *self.task_for(task, language))[0]
+        result = next(self.run([InputAudio(str(audio), str(audio))], task, language))
+        if result.error:
+            raise AudioError(f"{result.key}: {result.error}")
+        return result
+
+    def run(self, items: list[InputAudio], task: str | None = None, language: str | None = None,
+            progress: bool = False) -> Iterator[Result]:
+        """Decode recordings in order, ``batch_size`` at a time; one Result per item (``error`` set for audio that
+        cannot be read, the others decoded all the same)."""
+        task, language = self.task_for(task, language)
+        with tqdm(total=len(items), desc="infer", unit="file", disable=not progress) as bar:
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start:start + self.batch_size]
+                loaded, failed = [], {}
+                for item in chunk:
+                    try:
+                        loaded.append((item.key, load_input(item)))
+                    except AudioError as exc:
+                        failed[item.key] = str(exc)
+                results = iter(self._decode_chunk(loaded, task, language))
+                for item in chunk:
+                    if item.key in failed:
+                        yield Result(item.key, "", task, language, 0.0, error=failed[item.key])
+                    else:
+                        yield next(results)
+                bar.update(len(chunk))
+
+    def _decode_chunk(self, recordings: list[tuple[str, np.ndarray]], task: str, language: str | None
+                      ) -> list[Result]:
+        """Split each recording at pauses, decode all parts in batches (longest first), join each one's parts."""
+        begin = time.perf_counter()
+        pieces: list[_Piece] = []
+        results = []
+        for index, (key, samples) in enumerate(recordings):
+            result = Result(key, "", task if self.decoder.needs_task else None, language, len(samples) / TARGET_RATE)
+            ranges = [(first, last) for first, last in split_at_pauses(samples, TARGET_RATE, self.max_seconds)
+                      if last - first >= MIN_SECONDS * TARGET_RATE]
+            if not ranges:
+                result.error = f"too short to decode ({result.duration:.3f} s; at least {MIN_SECONDS} s)"
+            for part, (first, last) in enumerate(ranges):
+                pieces.append(_Piece(index, part, self.extract(samples[first:last])))
+            result.parts = len(ranges)
+            results.append(result)
+        texts: list[list[tuple[int, str]]] = [[] for _ in recordings]  # (part, text) per recording
+        order = sorted(pieces, key=lambda p: -len(p.feats))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            keys = [f"{recordings[p.index][0]} (part {p.part + 1})" for p in batch]
+            nbest, _ = decode_batch(self.decoder, [p.feats for p in batch], self.options, keys,
+                                    [task] * len(batch), [language] * len(batch))
+            for piece, hyps in zip(batch, nbest):
+                best = hyps[0]
+                texts[piece.index].append((piece.part, one_line(self.decoder.to_text(best.tokens))))
+                results[piece.index].num_tokens += best.num_tokens
+                results[piece.index].score += best.logprob
+        seconds = (time.perf_counter() - begin) / max(len(recordings), 1)
+        for result, parts in zip(results, texts):
+            result.text = " ".join(text for _, text in sorted(parts) if text)
+            result.seconds = seconds
+        return results
