@@ -21,7 +21,6 @@ from speechllm_cli.cli import app
 from speechllm_cli.data.kaldi_dir import DataDir, read_table
 from speechllm_cli.decode.decode import decode
 from speechllm_cli.features.fbank import make_fbank
-from speechllm_cli.infer.audio_input import split_at_pauses
 from speechllm_cli.infer.package import package_model
 from speechllm_cli.models.speech_llm_io import LLMMismatchError
 
@@ -110,7 +109,7 @@ def test_a_60_second_recording_is_split_at_pauses_and_joined(setup, tmp_path):
     soundfile.write(tmp_path / "long.wav", long, 16000, subtype="FLOAT")  # the same samples as the array
     model = SpeechModel.load(model_dir, max_new_tokens=6)
     result = model.transcribe(tmp_path / "long.wav")
-    ranges = split_at_pauses(long, 16000, 30.0)
+    ranges = model.split(long)
     assert result.parts == len(ranges) >= 2 and result.error is None
     pieces = [model.transcribe(long[first:last]).text for first, last in ranges]
     assert result.text == " ".join(p for p in pieces if p)

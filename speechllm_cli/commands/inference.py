@@ -42,7 +42,8 @@ def infer_cmd(
     fmt: str = typer.Option("tsv", "--format", help="tsv (path<TAB>text), jsonl (with duration, tokens, score, "
                             "time, error) or kaldi (a hyp.txt: key text)."),
     out: Path | None = typer.Option(None, help="Write here instead of stdout."),
-    max_seconds: float = typer.Option(30.0, help="Longer recordings are split at pauses and their outputs joined."),
+    max_seconds: float | None = typer.Option(None, help="Longer recordings are split at pauses and their outputs "
+                                             "joined (default: the longest training utterance, at most 30 s)."),
     engine: str = typer.Option("pytorch", help="pytorch or llamacpp (speech-LLMs)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     llm: Path | None = typer.Option(None, help="The LLM, when it is not at the path the model records (a package "

@@ -207,14 +207,16 @@ def _pause_cut(energy: np.ndarray, frame: int, low: int, high: int) -> int | Non
 
 
 def split_at_pauses(
-    samples: np.ndarray, rate: int = 16000, max_seconds: float = 30.0, frame_seconds: float = 0.02
+    samples: np.ndarray, rate: int = 16000, max_seconds: float = 30.0, frame_seconds: float = 0.02,
+    min_seconds: float | None = None,
 ) -> list[tuple[int, int]]:
     """Cut a recording into contiguous sample ranges ``[start, end)`` of at most ``max_seconds``, at pauses.
 
     The ranges cover all of ``samples`` in order (none for an empty signal). While more than ``max_seconds``
     remain after ``start``, the next cut goes in the middle of the longest run of frames (``frame_seconds``,
-    RMS in dB) within 6 dB of the quietest frame of the window ``start + max_seconds / 2`` ..
-    ``start + max_seconds`` (the latest such run on ties); a hard cut at ``max_seconds`` when no frame fits.
+    RMS in dB) within 6 dB of the quietest frame of the window ``start + min_seconds`` ..
+    ``start + max_seconds`` (``min_seconds`` default ``max_seconds / 2``; the latest such run on ties); a hard cut
+    at ``max_seconds`` when no frame fits.
     """
     if samples.ndim != 1:
         raise ValueError(f"split_at_pauses takes mono samples (T,), got shape {samples.shape}")
@@ -224,11 +226,12 @@ def split_at_pauses(
     total = samples.shape[0]
     max_len = max(1, int(max_seconds * rate + 1e-6))  # floor: never longer
     frame = max(1, int(round(frame_seconds * rate)))
+    min_len = max_len // 2 if min_seconds is None else min(max_len - 1, max(0, int(min_seconds * rate)))
     energy = _frame_energy_db(samples, frame) if total > max_len else np.empty(0)
     ranges = []
     start = 0
     while total - start > max_len:
-        cut = _pause_cut(energy, frame, start + max_len // 2, start + max_len)
+        cut = _pause_cut(energy, frame, start + min_len, start + max_len)
         if cut is None or cut <= start:
             cut = start + max_len
         ranges.append((start, cut))

@@ -12,11 +12,12 @@ Example::
 
 Audio in any format libsndfile reads (wav, flac, mp3, ogg), any rate and channel count, is mixed down and resampled to
 16 kHz; the features are the model's own (its dump ``feats_type``: fbank or Whisper log-mel, computed as stage 2
-computes them; CMVN lives inside the model). A recording longer than ``max_seconds`` (default 30 s, Whisper's
-window) is split at pauses (:func:`~speechllm_cli.infer.audio_input.split_at_pauses`) and the parts' outputs are
-joined. Decoding goes through the same search as ``speechllm decode`` (:func:`~speechllm_cli.decode.decode.
-decode_batch`) with the model's decode options: the ``decode.yaml`` of a package, else of the experiment's latest
-decode dir, else :class:`~speechllm_cli.decode.options.DecodeOptions`' defaults; any field can be overridden.
+computes them; CMVN lives inside the model). A recording longer than ``max_seconds`` is split at pauses
+(:meth:`SpeechModel.split`) and the parts' outputs are joined; ``max_seconds`` defaults to the longest utterance the
+model was trained on (:func:`model_max_seconds`). Decoding goes through the same search as ``speechllm decode``
+(:func:`~speechllm_cli.decode.decode.decode_batch`) with the model's decode options: the ``decode.yaml`` of a
+package, else of the experiment's latest decode dir, else :class:`~speechllm_cli.decode.options.DecodeOptions`'
+defaults; any field can be overridden.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from speechllm_cli.infer.audio_input import InputAudio, load_input, split_at_pau
 logger = logging.getLogger(__name__)
 
 DECODE_CONFIG = "decode.yaml"  # in a package (or an experiment's decode dir): the decode options
-DEFAULT_MAX_SECONDS = 30.0  # longer recordings are split at pauses (Whisper's window)
+INFER_CONFIG = "infer.yaml"  # in a package: max_seconds, the longest utterance the model was trained on
+DEFAULT_MAX_SECONDS = 30.0  # longer recordings are split at pauses (Whisper's window), when the training set is unknown
 MIN_SECONDS = 0.1  # shorter audio (or a shorter last part) is not decoded
 
 
@@ -93,6 +95,43 @@ def model_decode_options(model_dir: Path) -> DecodeOptions:
     return DecodeOptions()
 
 
+def training_dump(model_dir: Path) -> Path | None:
+    """The training dump dir of the experiment ``model_dir`` belongs to, from its ``model_info.json`` command
+    (relative to the working dir or to the recipe dir, two levels above the experiment dir); None when unknown."""
+    import json
+    import shlex
+
+    info = model_dir.parent / "model_info.json"
+    if not info.is_file():
+        return None
+    argv = shlex.split(json.loads(info.read_text(encoding="utf-8")).get("command", ""))
+    if "--train-data" not in argv[:-1]:
+        return None
+    train = Path(argv[argv.index("--train-data") + 1])
+    for candidate in (train, model_dir.parent.parent.parent / train):
+        if (candidate / "utt2dur").is_file():
+            return candidate
+    return None
+
+
+def model_max_seconds(model_dir: Path) -> float:
+    """The longest utterance the model was trained on, in seconds (rounded up to 0.5 s, at most
+    :data:`DEFAULT_MAX_SECONDS`): a package's ``infer.yaml``, else the training dump's ``utt2dur``
+    (:func:`training_dump`), else :data:`DEFAULT_MAX_SECONDS`. A model sees nothing longer in training and tends to
+    stop after a training-length sentence, so longer recordings are split at pauses."""
+    import math
+
+    if (model_dir / INFER_CONFIG).is_file():
+        return float((yaml.safe_load((model_dir / INFER_CONFIG).read_text(encoding="utf-8")) or {})["max_seconds"])
+    dump = training_dump(model_dir)
+    if dump is not None:
+        durations = [float(fields[1]) for fields in map(str.split, (dump / "utt2dur").read_text().splitlines())
+                     if len(fields) == 2]
+        if durations:
+            return min(DEFAULT_MAX_SECONDS, math.ceil(2 * max(durations)) / 2)
+    return DEFAULT_MAX_SECONDS
+
+
 class SpeechModel:
     """A trained model ready to run on audio; see the module docstring."""
 
@@ -111,8 +150,9 @@ class SpeechModel:
     @classmethod
     def load(cls, model: str | os.PathLike, device: str = "cpu", engine: str = "pytorch",
              gguf: str | os.PathLike | None = None, llm_path: str | os.PathLike | None = None, num_threads: int = 0,
-             batch_size: int = 8, max_seconds: float = DEFAULT_MAX_SECONDS, **options) -> SpeechModel:
-        """Load an experiment dir, a model dir or a package; ``options`` override DecodeOptions fields (``beam=4``)."""
+             batch_size: int = 8, max_seconds: float | None = None, **options) -> SpeechModel:
+        """Load an experiment dir, a model dir or a package; ``options`` override DecodeOptions fields (``beam=4``).
+        ``max_seconds``: split longer recordings at pauses (default: :func:`model_max_seconds`)."""
         model_dir = resolve_model_dir(model)
         decode_options = dataclasses.replace(model_decode_options(model_dir), engine=engine, **options)
         if engine == "llamacpp":
@@ -127,7 +167,13 @@ class SpeechModel:
         decoder = load_decode_model(model_dir, device=device, llm_path=llm_path, gguf=decode_options.gguf,
                                     num_threads=num_threads, dtype=decode_options.dtype)
         trained_task, asr_langs = trained_task_choice(model_dir, None, None)
+        max_seconds = max_seconds or model_max_seconds(model_dir)
         return cls(decoder, model_dir, decode_options, asr_langs, trained_task, batch_size, max_seconds)
+
+    def split(self, samples: np.ndarray) -> list[tuple[int, int]]:
+        """Sample ranges of a recording's parts: at most ``max_seconds``, cut at the longest pause after a quarter of
+        it (a sentence boundary rather than a word, for models trained on single sentences)."""
+        return split_at_pauses(samples, TARGET_RATE, self.max_seconds, min_seconds=self.max_seconds / 4)
 
     # ----- the task of a recording -----
     def task_for(self, task: str | None, language: str | None) -> tuple[str, str]:
@@ -201,8 +247,7 @@ class SpeechModel:
         results = []
         for index, (key, samples) in enumerate(recordings):
             result = Result(key, "", task if self.decoder.needs_task else None, language, len(samples) / TARGET_RATE)
-            ranges = [(first, last) for first, last in split_at_pauses(samples, TARGET_RATE, self.max_seconds)
-                      if last - first >= MIN_SECONDS * TARGET_RATE]
+            ranges = [(first, last) for first, last in self.split(samples) if last - first >= MIN_SECONDS * TARGET_RATE]
             if not ranges:
                 result.error = f"too short to decode ({result.duration:.3f} s; at least {MIN_SECONDS} s)"
             for part, (first, last) in enumerate(ranges):

@@ -14,6 +14,7 @@ Layout (a speech-LLM; other model types are self-contained dirs and are copied a
     mymodel/whisper/            Whisper beside it (recorded as ../whisper)
     mymodel/llm/              the LLM (with --with-llm)
     mymodel/decode.yaml       decode options (the experiment's last decode), used by infer
+    mymodel/infer.yaml        max_seconds: recordings longer than the longest training utterance are split
     mymodel/README.md         the model card: data, config, results
 
 Paths inside are relative to the dir that records them, so the package can be copied or moved. Without
@@ -43,6 +44,9 @@ from speechllm_cli.utils.io import atomic_dir
 logger = logging.getLogger(__name__)
 
 FRONTEND_DIR, WHISPER_DIR, LLM_DIR = "frontend", "whisper", "llm"
+# what a trained dir holds besides its model (checkpoints, other weight variants, plots, logs, decodes, exports)
+TRAINING_LEFTOVERS = (GGUF_DIR, "checkpoints", "decode_*", "*.avg.safetensors", "*.best.safetensors", "images",
+                      "history.json", "train.log", "report_*.json")
 
 
 def _copy_dir(source: str | os.PathLike, target: Path) -> None:
@@ -50,7 +54,7 @@ def _copy_dir(source: str | os.PathLike, target: Path) -> None:
     if not source.is_dir():
         raise FileNotFoundError(f"{source} not found: the model refers to it; run from the recipe dir (egs/covost2) "
                                 "or restore it")
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(GGUF_DIR, "checkpoints", "decode_*"))
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(*TRAINING_LEFTOVERS))
 
 
 def _write_record(model_dir: Path, record: dict) -> None:
@@ -88,12 +92,17 @@ def _results_rows(experiment_dir: Path) -> list[str]:
 def _model_card(record: dict, model_dir: Path, options: dict, with_llm: bool, name: str) -> str:
     config = record.get("config", {})
     training = record.get("training", {})
+    from speechllm_cli.infer.model import training_dump
+
     experiment = model_dir.parent
-    train_config = experiment / "config.yaml"
-    data = {}
-    if train_config.is_file():
-        mapping = yaml.safe_load(train_config.read_text(encoding="utf-8")) or {}
-        data = {k: v for k, v in mapping.items() if "data" in k}
+    dump = training_dump(model_dir)
+    data = []
+    if dump is not None:
+        seconds = [float(f[1]) for f in map(str.split, (dump / "utt2dur").read_text().splitlines()) if len(f) == 2]
+        langs = sorted({f[1] for f in map(str.split, (dump / "utt2lang").read_text().splitlines()) if len(f) == 2}) \
+            if (dump / "utt2lang").is_file() else []
+        data = [f"- training data: {dump} ({len(seconds)} utterances, {sum(seconds) / 3600:.2f} h, longest "
+                f"{max(seconds):.1f} s; languages {', '.join(langs) or '-'})"]
     llm = record.get("llm", {})
     lines = [
         f"# {name}: a {record['model_type']} model packaged by speechllm from {experiment}",
@@ -113,7 +122,7 @@ def _model_card(record: dict, model_dir: Path, options: dict, with_llm: bool, na
         "## Training",
         f"- task: {training.get('task', '-')}, ASR languages: {training.get('asr_langs', '-')}, "
         f"target: {training.get('target', '-')}",
-        *(f"- {key}: {value}" for key, value in data.items()),
+        *data,
         "",
         "## Config",
         "```yaml",
@@ -134,7 +143,7 @@ def _model_card(record: dict, model_dir: Path, options: dict, with_llm: bool, na
 def package_model(model: str | os.PathLike, out: str | os.PathLike, with_llm: bool = False) -> Path:
     """Write the model of ``model`` (an experiment or model dir) as a self-contained package dir ``out``
     (replaced atomically). Returns ``out``."""
-    from speechllm_cli.infer.model import DECODE_CONFIG, model_decode_options
+    from speechllm_cli.infer.model import DECODE_CONFIG, INFER_CONFIG, model_decode_options, model_max_seconds
 
     model_dir = resolve_model_dir(model)
     record = read_model_record(model_dir)
@@ -152,6 +161,7 @@ def package_model(model: str | os.PathLike, out: str | os.PathLike, with_llm: bo
                 record["llm"]["path"] = str(Path(llm_path).resolve())
             _write_record(tmp, record)
         (tmp / DECODE_CONFIG).write_text(yaml.safe_dump(options, sort_keys=False), encoding="utf-8")
+        (tmp / INFER_CONFIG).write_text(yaml.safe_dump({"max_seconds": model_max_seconds(model_dir)}), encoding="utf-8")
         card = _model_card(record, model_dir, options, with_llm, Path(out).name)
         (tmp / "README.md").write_text(card, encoding="utf-8")
     logger.info("packaged %s into %s%s", model_dir, out, " (LLM included)" if with_llm else "")
