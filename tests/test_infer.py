@@ -93,6 +93,8 @@ def test_python_api_batches_and_arrays(setup):
     assert one.text == batch[0].text and one.num_tokens == batch[0].num_tokens
     samples, rate = soundfile.read(clips[0], dtype="float32")
     assert model.transcribe(samples, sample_rate=rate).text == one.text  # samples in memory, same output
+    stereo, rate = soundfile.read(clips[4], dtype="float32")  # (T, 2) at 8 kHz
+    assert stereo.ndim == 2 and model.transcribe(stereo, sample_rate=rate).text == model.transcribe(clips[4]).text
     translated = model.translate(clips[1], source_language="fr")
     assert translated.task == "st" and translated.language == "fr"
 

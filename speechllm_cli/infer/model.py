@@ -42,7 +42,7 @@ from speechllm_cli.decode.decode import (
 )
 from speechllm_cli.decode.decode_io import one_line
 from speechllm_cli.decode.options import DecodeOptions
-from speechllm_cli.features.audio import TARGET_RATE, AudioError
+from speechllm_cli.features.audio import TARGET_RATE, AudioError, resample
 from speechllm_cli.features.fbank import feats_config, make_extractor
 from speechllm_cli.infer.audio_input import InputAudio, load_input, split_at_pauses
 
@@ -192,7 +192,7 @@ class SpeechModel:
     # ----- the Python API -----
     def transcribe(self, audio: str | os.PathLike | np.ndarray, language: str | None = None,
                    sample_rate: int = TARGET_RATE) -> Result:
-        """Recognise one recording (a path, or float samples at ``sample_rate``)."""
+        """Recognise one recording (a path, or float samples (T,) or (T, channels) at ``sample_rate``)."""
         return self._single(audio, "asr", language, sample_rate)
 
     def translate(self, audio: str | os.PathLike | np.ndarray, source_language: str | None = None,
@@ -208,9 +208,10 @@ class SpeechModel:
 
     def _single(self, audio, task, language, sample_rate) -> Result:
         if isinstance(audio, np.ndarray):
-            from speechllm_cli.features.audio import resample
-
-            samples = resample(np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate)
+            samples = np.asarray(audio, dtype=np.float32)
+            if samples.ndim == 2:  # (T, channels), as soundfile.read gives: mixed down
+                samples = samples.mean(axis=1)
+            samples = resample(np.ascontiguousarray(samples.reshape(-1)), sample_rate)
             return self._decode_chunk([("array", samples)], *self.task_for(task, language))[0]
         result = next(self.run([InputAudio(str(audio), str(audio))], task, language))
         if result.error:
