@@ -18,6 +18,7 @@ from speechllm_cli.infer.audio_input import (
     InputAudio,
     collect_inputs,
     load_input,
+    segment_at_pauses,
     split_at_pauses,
 )
 
@@ -208,6 +209,21 @@ def test_long_recording_is_cut_inside_pauses(long_recording):
     # shorter pieces also land in pauses
     for _, cut in split_at_pauses(samples, RATE, max_seconds=12.0)[:-1]:
         assert any(lo < cut < hi for lo, hi in pauses)
+
+
+@requires_espeak
+def test_segments_at_every_pause_give_a_sentence_each(long_recording):
+    samples, pauses = long_recording
+    ranges = segment_at_pauses(samples, RATE, max_seconds=30.0)
+    assert len(ranges) == len(SENTENCES)  # one cut in each inserted pause, none inside a sentence
+    assert ranges[0][0] == 0 and ranges[-1][1] == samples.shape[0]
+    assert all(prev[1] == cur[0] for prev, cur in zip(ranges, ranges[1:]))
+    for (_, cut), (lo, hi) in zip(ranges[:-1], pauses):
+        assert lo < cut < hi
+    short = segment_at_pauses(samples, RATE, max_seconds=3.0)  # sentences over 3 s are cut further
+    assert len(short) > len(SENTENCES) and all(end - start <= 3 * RATE for start, end in short)
+    merged = segment_at_pauses(samples, RATE, min_piece_seconds=12.0)  # short pieces join the next
+    assert len(merged) < len(SENTENCES) and all(end - start >= 12 * RATE for start, end in merged)
 
 
 def test_short_signal_and_noise_without_pauses():

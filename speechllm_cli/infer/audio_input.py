@@ -239,3 +239,42 @@ def split_at_pauses(
     if total > start:
         ranges.append((start, total))
     return ranges
+
+
+def segment_at_pauses(samples: np.ndarray, rate: int = 16000, max_seconds: float = 30.0, min_pause_seconds: float = 0.3,
+                      min_piece_seconds: float = 1.0, frame_seconds: float = 0.02) -> list[tuple[int, int]]:
+    """Cut a recording at every pause (an utterance per piece, as a model trained on single sentences expects).
+
+    A pause is a run of at least ``min_pause_seconds`` of frames quieter than ``max(quietest + 6 dB, loudest - 30
+    dB)`` (the 95th percentile as the loudest); cuts go in the middle of pauses. A piece shorter than
+    ``min_piece_seconds`` joins the next one (the last joins the one before), and a piece longer than ``max_seconds``
+    is cut further by :func:`split_at_pauses`. Returns contiguous ``[start, end)`` ranges covering ``samples``.
+    """
+    total = samples.shape[0]
+    frame = max(1, int(round(frame_seconds * rate)))
+    if total < 2 * frame:
+        return [(0, total)] if total else []
+    energy = _frame_energy_db(samples, frame)
+    threshold = max(energy.min() + QUIET_MARGIN_DB, float(np.percentile(energy, 95)) - 30.0)
+    quiet = np.concatenate(([False], energy <= threshold, [False]))
+    edges = np.flatnonzero(quiet[1:] != quiet[:-1])
+    min_run = max(1, int(round(min_pause_seconds / frame_seconds)))
+    cuts = [int((a + b) * frame // 2) for a, b in zip(edges[0::2], edges[1::2]) if b - a >= min_run and a > 0
+            and b < len(energy)]
+    bounds = [0, *(c for c in cuts if 0 < c < total), total]
+    pieces = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    merged: list[tuple[int, int]] = []
+    min_piece = int(min_piece_seconds * rate)
+    for start, end in pieces:
+        if merged and merged[-1][1] - merged[-1][0] < min_piece:
+            merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    if len(merged) > 1 and merged[-1][1] - merged[-1][0] < min_piece:
+        last = merged.pop()
+        merged[-1] = (merged[-1][0], last[1])
+    ranges = []
+    for start, end in merged:
+        ranges += [(start + a, start + b) for a, b in split_at_pauses(samples[start:end], rate, max_seconds,
+                                                                       frame_seconds, min_seconds=max_seconds / 4)]
+    return ranges

@@ -44,7 +44,7 @@ from speechllm_cli.decode.decode_io import one_line
 from speechllm_cli.decode.options import DecodeOptions
 from speechllm_cli.features.audio import TARGET_RATE, AudioError, resample
 from speechllm_cli.features.fbank import feats_config, make_extractor
-from speechllm_cli.infer.audio_input import InputAudio, load_input, split_at_pauses
+from speechllm_cli.infer.audio_input import InputAudio, load_input, segment_at_pauses
 
 logger = logging.getLogger(__name__)
 
@@ -171,9 +171,12 @@ class SpeechModel:
         return cls(decoder, model_dir, decode_options, asr_langs, trained_task, batch_size, max_seconds)
 
     def split(self, samples: np.ndarray) -> list[tuple[int, int]]:
-        """Sample ranges of a recording's parts: at most ``max_seconds``, cut at the longest pause after a quarter of
-        it (a sentence boundary rather than a word, for models trained on single sentences)."""
-        return split_at_pauses(samples, TARGET_RATE, self.max_seconds, min_seconds=self.max_seconds / 4)
+        """Sample ranges of a recording's parts: a recording up to ``max_seconds`` is one part; a longer one is cut at
+        every pause (:func:`~speechllm_cli.infer.audio_input.segment_at_pauses`: a sentence per part, as the model
+        was trained), parts still over ``max_seconds`` at their longest pauses."""
+        if len(samples) <= self.max_seconds * TARGET_RATE:
+            return [(0, len(samples))]
+        return segment_at_pauses(samples, TARGET_RATE, self.max_seconds)
 
     # ----- the task of a recording -----
     def task_for(self, task: str | None, language: str | None) -> tuple[str, str]:
