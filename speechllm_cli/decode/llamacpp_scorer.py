@@ -104,7 +104,6 @@ class LlamaCppScorer:
             raise ValueError(f"llama.cpp could not load {self.path}; re-export it with speechllm export-gguf")
         self.vocab_size = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
         self.hidden_size = llama_cpp.llama_model_n_embd(self.model)
-        self.context_length = llama_cpp.llama_model_n_ctx_train(self.model)
         self.f32 = llama_cpp.llama_model_ftype(self.model) == 0  # LLAMA_FTYPE_ALL_F32
         self.n_threads = n_threads or torch.get_num_threads()
         self.n_batch = n_batch

@@ -23,7 +23,6 @@ defaults; any field can be overridden.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -45,8 +44,6 @@ from speechllm_cli.decode.options import DecodeOptions
 from speechllm_cli.features.audio import TARGET_RATE, AudioError, resample
 from speechllm_cli.features.fbank import feats_config, make_extractor
 from speechllm_cli.infer.audio_input import InputAudio, load_input, segment_at_pauses
-
-logger = logging.getLogger(__name__)
 
 DECODE_CONFIG = "decode.yaml"  # in a package (or an experiment's decode dir): the decode options
 INFER_CONFIG = "infer.yaml"  # in a package: max_seconds, the longest utterance the model was trained on
