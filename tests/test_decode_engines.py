@@ -60,6 +60,27 @@ def test_llamacpp_decode_equals_pytorch_decode(saved, tmp_path, beam):
     assert "engine: llamacpp" in record and str(default_gguf_path(model_dir)) in record
 
 
+def test_llamacpp_engine_loads_only_the_audio_side_of_the_llm(saved):
+    """With the LLM in llama.cpp, PyTorch holds the LLM's input embeddings and nothing else of it (a 7B LLM costs its
+    embedding table), and the prefixes are those of the full model."""
+    from _speech_llm_fixtures import speech_feats
+
+    from speechllm_cli.decode.decode import pad_feats
+    from speechllm_cli.models.load import load_model
+
+    model_dir, _ = saved
+    full, audio = load_model(model_dir), load_model(model_dir, audio_only=True)
+    embedding = audio.hf_llm.get_input_embeddings().weight
+    held = [name for name, p in audio.hf_llm.named_parameters() if not p.is_meta]
+    assert held == [next(n for n, p in audio.hf_llm.named_parameters() if p is embedding)]
+    assert torch.equal(embedding, full.hf_llm.get_input_embeddings().weight)
+    feats, lens = pad_feats(list(speech_feats()), "cpu")
+    with torch.no_grad():
+        tasks = ["asr", "st", "st"]
+        a, b = full.decoding_prefix(feats, lens, tasks), audio.decoding_prefix(feats, lens, tasks)
+    assert all(torch.equal(x, y) for x, y in zip(a.embeds, b.embeds)) and a.text_ids == b.text_ids
+
+
 def test_gguf_records_its_model_and_a_changed_model_refuses_it(tmp_path):
     model_dir = save_speech_llm_dir(tmp_path)
     before = model_fingerprint(model_dir)

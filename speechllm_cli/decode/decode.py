@@ -184,7 +184,7 @@ def load_decode_model(model_dir: str | Path, device: str = "cpu", llm_path: str 
     if model_type in SPEECH_LLM_TYPES:
         if ctc_weight > 0:
             raise ValueError(f"--ctc-weight is for seq2seq models; {model_dir} is a speech-LLM (it has no CTC head)")
-        model = load_model(model_dir, device=device, llm_path=llm_path, dtype=dtype)
+        model = load_model(model_dir, device=device, llm_path=llm_path, dtype=dtype, audio_only=gguf is not None)
         return speech_llm_decode_model(model, gguf, num_threads)
     if model_type == "whisper":
         if ctc_weight > 0:

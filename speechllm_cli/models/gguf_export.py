@@ -55,12 +55,41 @@ def default_gguf_path(model_dir: str | os.PathLike, out_type: str = "f16") -> Pa
 
 def read_gguf_source(path: str | os.PathLike) -> dict[str, str]:
     """The ``speechllm.*`` metadata of an exported GGUF (model_dir, model_fingerprint, llm_hash, type), keys without
-    the prefix; empty for a GGUF this toolkit did not write."""
+    the prefix; empty for a GGUF this toolkit did not write.
+
+    The export writes these keys right after ``general.architecture``, before the tokenizer's arrays, so only the
+    head of the file is read (parsing a whole GGUF's metadata takes seconds: tens of thousands of tokens).
+    """
+    import struct
+
     import gguf
 
-    reader = gguf.GGUFReader(str(path))
-    return {key[len(KEY_PREFIX):]: str(field.contents()) for key, field in reader.fields.items()
-            if key.startswith(KEY_PREFIX)}
+    strings, sizes = gguf.GGUFValueType.STRING, gguf.GGUFReader.gguf_scalar_to_np
+    found: dict[str, str] = {}
+    with open(path, "rb") as f:
+        def read(fmt: str):
+            return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))[0]
+
+        def text() -> str:
+            return f.read(read("Q")).decode("utf-8", errors="replace")
+
+        if f.read(4) != b"GGUF":
+            raise GGUFExportError(f"{path} is not a GGUF file")
+        read("I"), read("Q")  # version, tensor count
+        for _ in range(read("Q")):  # key/value pairs, in the order written
+            key, kind = text(), gguf.GGUFValueType(read("I"))
+            if kind == strings:
+                value = text()
+            elif kind in sizes:
+                f.read(np.dtype(sizes[kind]).itemsize)
+                value = None
+            else:  # an array: the tokenizer's, after our keys
+                break
+            if key.startswith(KEY_PREFIX):
+                found[key[len(KEY_PREFIX):]] = value
+            elif found:
+                break
+    return found
 
 
 def merged_llm(model) -> torch.nn.Module:
@@ -266,6 +295,8 @@ def write_llm_gguf(llm, tokenizer, out: str | os.PathLike, out_type: str = "f16"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         writer = gguf.GGUFWriter(str(tmp), "llama")
+        for key, value in {"type": out_type, **(metadata or {})}.items():  # first: read_gguf_source reads the head
+            writer.add_key_value(KEY_PREFIX + key, str(value), V.STRING)
         writer.add_type("model")
         writer.add_file_type(int(file_type))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -273,8 +304,6 @@ def write_llm_gguf(llm, tokenizer, out: str | os.PathLike, out_type: str = "f16"
             writer.add_key_value(key, value, V[vtype])
         for key, value, vtype, sub_type in tokens:
             writer.add_key_value(key, value, vtype, sub_type)
-        for key, value in {"type": out_type, **(metadata or {})}.items():
-            writer.add_key_value(KEY_PREFIX + key, str(value), V.STRING)
         for name, array in _llama_tensors(llm):
             data, raw_dtype = _encoded(array, out_type)
             writer.add_tensor(name, data, raw_dtype=raw_dtype)

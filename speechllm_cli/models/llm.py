@@ -128,6 +128,44 @@ def load_llm(
     return model, prepare_tokenizer(tokenizer)
 
 
+def load_llm_skeleton(path: str | os.PathLike, dtype: str | torch.dtype = "float32",
+                      attn_implementation: str | None = None, embeddings_file: str | os.PathLike | None = None):
+    """A Hugging Face LLM with no weights but its input embeddings (every other parameter on the meta device), and its
+    tokenizer: what the audio side of a speech LLM needs when another engine runs the LLM (``--engine llamacpp``).
+
+    The embedding table is read from the dir's safetensors, or from ``embeddings_file`` (a decoder-only model's
+    trained ``llm.safetensors``). A GGUF file or a dir without safetensors loads whole (:func:`load_llm`).
+    """
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    single = path / "model.safetensors"
+    if not path.is_dir() or not (single.is_file() or index.is_file()):
+        return load_llm(path, dtype, "cpu", attn_implementation)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(dtype), **kwargs)
+    embedding = model.get_input_embeddings()
+    name = next(n for n, p in model.named_parameters() if p is embedding.weight)
+    if embeddings_file is not None:
+        source = Path(embeddings_file)
+    elif index.is_file():
+        import json
+
+        source = path / json.loads(index.read_text(encoding="utf-8"))["weight_map"][name]
+    else:
+        source = single
+    with safe_open(str(source), framework="pt") as weights:
+        table = weights.get_tensor(name).to(resolve_dtype(dtype))
+    embedding.weight = torch.nn.Parameter(table, requires_grad=False)
+    model.requires_grad_(False)
+    model.eval()
+    return model, prepare_tokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=False))
+
+
 def llm_context_length(model) -> int | None:
     """Positions a causal LM takes, prompt and output together (its config's ``max_position_embeddings`` or the
     like); None when its config states none. ``model`` is the LM or its config."""

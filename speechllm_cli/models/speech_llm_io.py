@@ -138,12 +138,15 @@ def load_speech_llm(
     frontend: nn.Module | None = None,
     trainable: bool = False,
     dtype: str | None = None,
+    audio_only: bool = False,
 ) -> SpeechLLM:
     """Rebuild a saved SpeechLLM. The LLM is the recorded one unless ``llm_path`` is given, the front-end the one its
     config names unless a ``frontend`` module is given; the content hashes of both must equal the recorded ones
     (LLMMismatchError / FrontEndMismatchError otherwise). ``trainable=False`` freezes everything. ``dtype``: the LLM's
     dtype (default: the one it was trained in, ``config.dtype``), e.g. bfloat16 to decode faster on a CPU with bf16
-    instructions."""
+    instructions. ``audio_only``: the front-end, adapter, label table, tokenizer and the LLM's input embeddings, the
+    rest of the LLM left on the meta device and no LoRA (another engine runs the LLM: ``decode --engine llamacpp``),
+    so a 7B LLM costs its embedding table, not its weights."""
     from speechllm_cli.models.speech_llm import SpeechLLM, SpeechLLMConfig
 
     model_dir = Path(model_dir)
@@ -169,6 +172,8 @@ def load_speech_llm(
     if frontend is None:
         check_frontend_unchanged(model_dir, record)
         frontend = build_frontend(config.frontend, device)
+    if audio_only:
+        return _load_audio_side(model_dir, record, config, llm, frontend, device, found_hash, frontend_hash)
     llm_model, tokenizer = load_llm(llm, config.dtype, device, config.attn_implementation)
     lora = model_dir / LORA_DIR if config.lora.rank > 0 else None
     model = SpeechLLM(config, frontend, llm_model, tokenizer, lora_dir=lora, new_label_table=False)
@@ -182,6 +187,27 @@ def load_speech_llm(
     if not trainable:
         model.requires_grad_(False)
     return model.to(device).train(trainable)
+
+
+def _load_audio_side(model_dir: Path, record: dict, config, llm: Path, frontend, device, llm_hash, frontend_hash):
+    """load_speech_llm(audio_only=True): a frozen SpeechLLM whose LLM is a skeleton (load_llm_skeleton)."""
+    import dataclasses
+
+    from speechllm_cli.models.llm import load_llm_skeleton
+    from speechllm_cli.models.speech_llm import LoraSettings, SpeechLLM
+
+    embeddings = model_dir / LLM_WEIGHTS_NAME if config.train_llm else None
+    skeleton, tokenizer = load_llm_skeleton(llm, config.dtype, config.attn_implementation, embeddings)
+    no_lora = dataclasses.replace(config, lora=LoraSettings(rank=0), train_llm=False)
+    model = SpeechLLM(no_lora, frontend, skeleton, tokenizer, new_label_table=False)
+    _load_audio_state(model, model_dir / AUDIO_NAME)
+    model.llm_hash, model.frontend_hash = llm_hash, frontend_hash
+    model.training_choice = dict(record.get("training") or {})
+    model.requires_grad_(False)
+    for part in (model.frontend, model.adapter, model.label_table, skeleton.get_input_embeddings()):
+        if part is not None:
+            part.to(device)
+    return model.eval()
 
 
 def check_frontend_unchanged(model_dir: str | os.PathLike, record: dict | None = None) -> None:
