@@ -8,6 +8,7 @@ Example::
     compressor = load_model("exp/ctc_compressor")               # a CTCCompressor; compressor.tokenizer its tokens
     seq2seq = load_model("exp/seq2seq/model")                   # a Seq2SeqModel; seq2seq.tokenizer its targets
     whisper = load_model("exp/whisper/base")                    # a WhisperSeq2Seq (exported or fine-tuned); .tokenizer
+    units = load_model("exp/kmeans_whisper500")                 # a UnitExtractor: raw features -> unit ids
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def load_model(model_dir: str | os.PathLike, device: str = "cpu", **kwargs):
         model, tokenizer = load_seq2seq(model_dir, device)
     elif model_type == "whisper":
         return load_whisper(model_dir, device, **kwargs)  # it has its tokenizer
+    elif model_type == "kmeans_units":
+        from speechllm_cli.models.kmeans_units import UnitExtractor
+
+        return UnitExtractor.load(model_dir, device)
     else:
         return load_speech_llm(model_dir, device=device, **kwargs)
     model.tokenizer = tokenizer

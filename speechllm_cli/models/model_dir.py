@@ -15,6 +15,7 @@ Example::
     model_type: decoder_only          frontend_hash, training {task, asr_langs, target}
     model_type: whisper             source, hash, num_mel_bins, input (padded_30s | real_length);   whisper/export.py,
                                       fine-tuned: base {path, hash}, training (a transformers dir)  whisper/finetuned.py
+    model_type: kmeans_units        config (KMeansConfig), frontend_hash, stats; centroids        kmeans_units.py
 
 To add a model type: write its save/load module, add a ``MODEL_TYPES`` line and a branch in ``load.py``, and teach
 ``speechllm decode`` its scorer (``decode/decode.py: load_decode_model``).
@@ -32,7 +33,7 @@ from speechllm_cli.utils.io import atomic_write_text
 
 RECORD_NAME = "model.yaml"
 SPEECH_LLM_TYPES = ("speech_llm", "decoder_only")  # saved by speech_llm_io, decoded with the LLM scorer
-MODEL_TYPES = ("ctc_compressor", "seq2seq", *SPEECH_LLM_TYPES, "whisper")
+MODEL_TYPES = ("ctc_compressor", "seq2seq", *SPEECH_LLM_TYPES, "whisper", "kmeans_units")
 OLDER_RECORDS = ("speech_llm.yaml", "model.json")  # what model dirs held before model.yaml
 
 
