@@ -69,6 +69,7 @@ from speechllm_cli.decode.llm_scorer import LLMScorer, PrefixBatch, eos_ids_for
 from speechllm_cli.decode.options import DecodeOptions, DecodeRun
 from speechllm_cli.decode.search import Hypothesis, Scorer, cap_to_context, max_new_tokens_for, search
 from speechllm_cli.features.feats_reader import FeatsReader
+from speechllm_cli.models.frontends.base import pad_feats  # noqa: F401 (decode's callers use it from here)
 from speechllm_cli.models.llm import llm_context_length
 from speechllm_cli.models.load import load_model
 from speechllm_cli.models.model_dir import SPEECH_LLM_TYPES, is_model_dir, model_fingerprint, read_model_record
@@ -105,15 +106,6 @@ def resolve_model_dir(path: str | Path) -> Path:
             return candidate
     raise FileNotFoundError(f"{path}: neither it nor {path / 'model'} holds model.yaml; "
                             "give a trained experiment dir (speechllm train --out) or its model dir")
-
-
-def pad_feats(feats: list[np.ndarray], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw fbank per utterance -> zero-padded (B, T, 80) and lengths (B,) on ``device``."""
-    lens = torch.tensor([len(f) for f in feats], device=device)
-    padded = torch.zeros(len(feats), int(lens.max()), feats[0].shape[1], device=device)  # (B, T, 80)
-    for i, f in enumerate(feats):
-        padded[i, : len(f)] = torch.tensor(f, device=device)
-    return padded, lens
 
 
 def speech_llm_decode_model(model, gguf: str | Path | None = None, num_threads: int = 0) -> DecodeModel:

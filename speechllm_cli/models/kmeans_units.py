@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from speechllm_cli.models.frontends import FRONTENDS, build_frontend, frontend_config
+from speechllm_cli.models.frontends.base import pad_feats
 from speechllm_cli.models.model_dir import read_model_record, resolve_recorded_path, write_model_record
 from speechllm_cli.utils.io import atomic_dir
 
@@ -69,12 +70,8 @@ def _batches(utts: list[str], size: int):
 
 def encoder_frames(frontend, feats: list[np.ndarray]) -> list[np.ndarray]:
     """The front-end's frames (A_i, D) float32 of each utterance's raw features."""
-    lens = torch.tensor([len(f) for f in feats])
-    padded = torch.zeros(len(feats), int(lens.max()), feats[0].shape[1])  # (B, T, F)
-    for i, f in enumerate(feats):
-        padded[i, : len(f)] = torch.from_numpy(np.asarray(f, dtype=np.float32))
     with torch.inference_mode():
-        out = frontend(padded, lens)
+        out = frontend(*pad_feats(feats, "cpu"))
     return [out.frames[i, : int(n)].float().numpy() for i, n in enumerate(out.lens)]
 
 

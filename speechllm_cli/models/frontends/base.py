@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 
@@ -30,3 +31,13 @@ class FrontEndOutput(NamedTuple):
     frames: torch.Tensor  # (B, A, output_dim) float
     lens: torch.Tensor  # (B,)
     posteriors: torch.Tensor | None  # (B, A, num_labels) CTC label posteriors of each frame, rows sum to 1
+
+
+def pad_feats(feats: list[np.ndarray], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw features per utterance, each (T_i, F) -> the batch a front-end takes: zero-padded (B, T, F) and lengths
+    (B,) on ``device``."""
+    lens = torch.tensor([len(f) for f in feats], device=device)
+    padded = torch.zeros(len(feats), int(lens.max()), feats[0].shape[1], device=device)  # (B, T, F)
+    for i, f in enumerate(feats):
+        padded[i, : len(f)] = torch.tensor(f, device=device)
+    return padded, lens
