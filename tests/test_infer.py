@@ -84,6 +84,24 @@ def test_infer_equals_decode_on_the_equivalent_kaldi_dir(setup, tmp_path):
     assert hyps == decoded
 
 
+def test_a_mixed_language_data_dir_takes_each_utterances_task_from_utt2lang(setup, tmp_path):
+    model_dir, clips = setup
+    data = tmp_path / "data"
+    langs = ["en", "fr", "de", "en", "es"]
+    utts = {f"spk{i}-u{i}": clip for i, clip in enumerate(clips)}
+    DataDir(data, {"wav.scp": {u: str(c) for u, c in utts.items()}, "utt2spk": {u: u.split("-")[0] for u in utts},
+                   "text": {u: "x" for u in utts}, "utt2lang": dict(zip(utts, langs))}).save()
+    make_fbank(data, tmp_path / "dump")
+    decoded = read_table(decode(model_dir, tmp_path / "dump", tmp_path / "decode", max_new_tokens=8)
+                         / "hyp.txt", allow_empty_value=True)  # ASR for en, ST for the others
+    result = _infer("--model", str(model_dir), "--max-new-tokens", "8", "--format", "jsonl", str(data))
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert {line["key"]: line["text"] for line in lines} == decoded
+    assert [line["task"] for line in lines] == ["asr", "st", "st", "asr", "st"]
+    assert [line["language"] for line in lines] == langs
+
+
 def test_python_api_batches_and_arrays(setup):
     model_dir, clips = setup
     model = SpeechModel.load(model_dir.parent, max_new_tokens=8)  # the experiment dir works too

@@ -46,13 +46,15 @@ class InputAudio:
 
     ``key`` names it in the output (the path as given or as found in a directory, or the Kaldi utterance id);
     ``source`` is a file path or a wav.scp value (``cmd |`` pipes included); ``start``/``end`` are a
-    ``segments`` slice in seconds (``end`` -1: to the end of the recording).
+    ``segments`` slice in seconds (``end`` -1: to the end of the recording); ``language`` its source language when
+    known (a Kaldi data dir's ``utt2lang``).
     """
 
     key: str
     source: str
     start: float = 0.0
     end: float = -1.0
+    language: str | None = None
 
 
 def _read_pairs(path: Path, problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -75,11 +77,12 @@ def _data_dir_inputs(data_dir: Path, problems: list[tuple[str, str]]) -> list[In
     try:
         recordings = _read_pairs(data_dir / "wav.scp", problems)
         segments = _read_pairs(data_dir / "segments", problems) if (data_dir / "segments").is_file() else None
+        languages = dict(_read_pairs(data_dir / "utt2lang", problems)) if (data_dir / "utt2lang").is_file() else {}
     except (DataDirError, OSError) as exc:
         problems.append((str(data_dir), str(exc)))
         return []
     if segments is None:
-        return [InputAudio(key, value) for key, value in recordings]
+        return [InputAudio(key, value, language=languages.get(key)) for key, value in recordings]
     sources: dict[str, str] = {}
     for rec_id, value in recordings:
         sources.setdefault(rec_id, value)  # a second line of the same recording is reported as a duplicate later
@@ -98,7 +101,7 @@ def _data_dir_inputs(data_dir: Path, problems: list[tuple[str, str]]) -> list[In
         elif start < 0 or (end > 0 and end <= start):
             problems.append((utt, f"{data_dir / 'segments'}: segment {start}-{end} s is empty or negative"))
         else:
-            inputs.append(InputAudio(utt, sources[rec_id], start, end))
+            inputs.append(InputAudio(utt, sources[rec_id], start, end, languages.get(utt)))
     return inputs
 
 

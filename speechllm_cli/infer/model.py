@@ -221,23 +221,24 @@ class SpeechModel:
     def run(self, items: list[InputAudio], task: str | None = None, language: str | None = None,
             progress: bool = False) -> Iterator[Result]:
         """Decode recordings in order, ``batch_size`` at a time; one Result per item (``error`` set for audio that
-        cannot be read, the others decoded all the same)."""
-        task, language = self.task_for(task, language)
+        cannot be read, the others decoded all the same). ``language`` (else each item's own, a data dir's
+        utt2lang) picks each recording's task unless ``task`` is given (:meth:`task_for`)."""
         with tqdm(total=len(items), desc="infer", unit="file", disable=not progress) as bar:
             for start in range(0, len(items), self.batch_size):
                 chunk = items[start:start + self.batch_size]
-                loaded, failed = [], {}
+                choice = {item.key: self.task_for(task, language or item.language) for item in chunk}
+                groups: dict[tuple[str, str | None], list[tuple[str, np.ndarray]]] = {}
+                results: dict[str, Result] = {}
                 for item in chunk:
                     try:
-                        loaded.append((item.key, load_input(item)))
+                        groups.setdefault(choice[item.key], []).append((item.key, load_input(item)))
                     except AudioError as exc:
-                        failed[item.key] = str(exc)
-                results = iter(self._decode_chunk(loaded, task, language))
+                        results[item.key] = Result(item.key, "", *choice[item.key], 0.0, error=str(exc))
+                for (group_task, group_language), recordings in groups.items():  # one task and language each
+                    for result in self._decode_chunk(recordings, group_task, group_language):
+                        results[result.key] = result
                 for item in chunk:
-                    if item.key in failed:
-                        yield Result(item.key, "", task, language, 0.0, error=failed[item.key])
-                    else:
-                        yield next(results)
+                    yield results[item.key]
                 bar.update(len(chunk))
 
     def _decode_chunk(self, recordings: list[tuple[str, np.ndarray]], task: str, language: str | None
