@@ -167,6 +167,8 @@ def test_a_packaged_model_loads_from_another_folder(tmp_path):
     shutil.rmtree(tmp_path / "pkg")
     after = [r.text for r in SpeechModel.load(moved, max_new_tokens=8).transcribe_batch(clips)]
     assert after == before
+    package_model(moved, tmp_path / "again", with_llm=True)  # a package packaged again stays whole
+    assert [r.text for r in SpeechModel.load(tmp_path / "again", max_new_tokens=8).transcribe_batch(clips)] == before
 
 
 def test_a_package_without_the_llm_needs_the_same_llm(tmp_path):

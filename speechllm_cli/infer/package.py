@@ -49,12 +49,12 @@ TRAINING_LEFTOVERS = (GGUF_DIR, "checkpoints", "decode_*", "*.avg.safetensors", 
                       "history.json", "train.log", "report_*.json")
 
 
-def _copy_dir(source: str | os.PathLike, target: Path) -> None:
+def _copy_dir(source: str | os.PathLike, target: Path, skip: tuple[str, ...] = ()) -> None:
     source = Path(source)
     if not source.is_dir():
         raise FileNotFoundError(f"{source} not found: the model refers to it; run from the recipe dir (egs/covost2) "
                                 "or restore it")
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(*TRAINING_LEFTOVERS))
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(*TRAINING_LEFTOVERS, *skip))
 
 
 def _write_record(model_dir: Path, record: dict) -> None:
@@ -67,13 +67,13 @@ def _package_frontend(record: dict, model_dir: Path, out: Path) -> None:
     frontend = record["config"]["frontend"]
     if not frontend.get("dir"):
         return
-    _copy_dir(resolve_recorded_path(frontend["dir"], model_dir), out / FRONTEND_DIR)
+    source = resolve_recorded_path(frontend["dir"], model_dir)
+    _copy_dir(source, out / FRONTEND_DIR)
     frontend["dir"] = FRONTEND_DIR
     inner = read_model_record(out / FRONTEND_DIR)
     whisper = inner.get("whisper")
-    if inner["model_type"] == "ctc_compressor" and whisper:
-        source = resolve_recorded_path(whisper["path"], model_dir / FRONTEND_DIR)
-        _copy_dir(resolve_recorded_path(source, Path.cwd()), out / WHISPER_DIR)
+    if inner["model_type"] == "ctc_compressor" and whisper:  # its Whisper, recorded relative to the compressor
+        _copy_dir(resolve_recorded_path(whisper["path"], source), out / WHISPER_DIR)
         inner["whisper"]["path"] = inner["config"]["whisper_dir"] = f"../{WHISPER_DIR}"
         _write_record(out / FRONTEND_DIR, inner)
 
@@ -150,8 +150,9 @@ def package_model(model: str | os.PathLike, out: str | os.PathLike, with_llm: bo
     options = model_decode_options(model_dir).record()
     with atomic_dir(out) as tmp:
         tmp.rmdir()
-        _copy_dir(model_dir, tmp)
-        if record["model_type"] in SPEECH_LLM_TYPES:
+        speech_llm = record["model_type"] in SPEECH_LLM_TYPES
+        _copy_dir(model_dir, tmp, skip=(FRONTEND_DIR, WHISPER_DIR, LLM_DIR) if speech_llm else ())  # (a package's)
+        if speech_llm:
             _package_frontend(record, model_dir, tmp)
             llm_path = resolve_recorded_path(record["llm"]["path"], model_dir)
             if with_llm:
