@@ -12,7 +12,7 @@ Usage:
 ``testset``: the audio side (front-end + adapter, PyTorch) runs once and is timed on its own; then each engine
 decodes the same prefixes with the same caps (decode's ``max_len_a``/``max_len_b``, the LLM's context) and search
 rules, in the order decode uses (longest first, batches of ``--batch-size``): ``pytorch`` (the LLM as trained),
-``pytorch-bf16``, and ``llamacpp-<f32|f16|q8_0>`` (the model's LLM exported once to ``--gguf-dir``). Each
+``pytorch-bf16``, and ``llamacpp-<f32|f16|q8_0>`` (the model's LLM exported once to ``<model>/gguf/``). Each
 configuration runs ``--repeats`` times, engines interleaved (rotated each repeat); the table shows the median.
 ``single`` is llama.cpp's own single-stream text decoding (its high-level ``Llama`` API, greedy, one prompt) on the
 same GGUF, measured in the same run: the figure the batched engine is held against. Each row also gives how many
@@ -189,7 +189,7 @@ def test_set_prefixes(model, data_dir: Path, options, batch_size: int):
     return batches, audio_seconds, data
 
 
-def make_scorer(engine: str, model_dir: Path, gguf_dir: Path, threads: int):
+def make_scorer(engine: str, model_dir: Path, threads: int):
     """The scorer of an engine name: pytorch, pytorch-bf16, llamacpp-<f32|f16|q8_0>."""
     from speechllm_cli.decode.llm_scorer import LLMScorer
     from speechllm_cli.models.load import load_model
@@ -199,19 +199,14 @@ def make_scorer(engine: str, model_dir: Path, gguf_dir: Path, threads: int):
         return LLMScorer(load_model(model_dir, dtype=dtype).hf_llm)
     from speechllm_cli.decode.llamacpp_scorer import LlamaCppScorer
 
-    return LlamaCppScorer(gguf_path(engine, model_dir, gguf_dir), n_threads=threads)
+    return LlamaCppScorer(gguf_path(engine, model_dir), n_threads=threads)
 
 
-def gguf_path(engine: str, model_dir: Path, gguf_dir: Path) -> Path:
-    """The model's GGUF of a ``llamacpp-<type>`` engine, exported once into ``gguf_dir``."""
-    from speechllm_cli.models.gguf_export import export_gguf, read_gguf_source
-    from speechllm_cli.models.model_dir import model_fingerprint
+def gguf_path(engine: str, model_dir: Path) -> Path:
+    """The model's GGUF of a ``llamacpp-<type>`` engine (``<model>/gguf/llm-<type>.gguf``, exported once)."""
+    from speechllm_cli.models.gguf_export import gguf_for_decoding
 
-    out_type = engine.split("-", 1)[1]
-    path = gguf_dir / f"llm-{out_type}.gguf"
-    if not path.is_file() or read_gguf_source(path).get("model_fingerprint") != model_fingerprint(model_dir):
-        export_gguf(model_dir, path, out_type)
-    return path
+    return gguf_for_decoding(model_dir, out_type=engine.split("-", 1)[1])
 
 
 def single_stream_tokens_per_second(gguf: Path, threads: int, max_tokens: int = 96) -> float:
@@ -269,7 +264,6 @@ def test_set_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     parser.add_argument("--batch-sizes", default="8,16")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--gguf-dir", type=Path, default=Path("/tmp/speechllm_bench_gguf"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model_dir = resolve_model_dir(args.model)
@@ -280,8 +274,8 @@ def test_set_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     model = load_model(model_dir)
     decoder = speech_llm_decode_model(model)
     engines = args.engines.split(",")
-    scorers = {e: make_scorer(e, model_dir, args.gguf_dir, args.threads) for e in engines}
-    singles = {e: single_stream_tokens_per_second(gguf_path(e, model_dir, args.gguf_dir), args.threads)
+    scorers = {e: make_scorer(e, model_dir, args.threads) for e in engines}
+    singles = {e: single_stream_tokens_per_second(gguf_path(e, model_dir), args.threads)
                for e in engines if e.startswith("llamacpp")}
     print(f"{model_dir} on {args.data}: {args.threads} threads, {', '.join(engines)}; llama.cpp single-stream text "
           "decoding " + ", ".join(f"{e.split('-')[1]} {v:.1f}" for e, v in singles.items()) + " tokens/s")

@@ -7,6 +7,7 @@ import functools
 import tempfile
 from pathlib import Path
 
+import kaldiio
 import numpy as np
 import torch
 from speech_synth import synth_speech
@@ -168,7 +169,6 @@ def save_speech_llm_dir(root, llm_dir=None, **overrides):
     """A speech-LLM model dir ``root/model`` on disk (tiny LLaMA, tiny random CTC compressor dir ``root/ctc`` on a char
     token list of UTTS' texts, LoRA B randomised), as `speechllm decode` loads it."""
     from _train_fixtures import save_ctc_dir
-    from test_decode_dir import UTTS
 
     from speechllm_cli.models.ctc_compressor import CTCCompressor, CTCCompressorConfig
     from speechllm_cli.models.speech_llm import SpeechLLMConfig
@@ -189,3 +189,27 @@ def save_speech_llm_dir(root, llm_dir=None, **overrides):
     if config.lora.rank > 0:
         _randomise_lora(model)
     return save_speech_llm(model, root / "model")
+
+
+# three real utterances (speech_feats() order) with language and text, and a dump dir of them
+UTTS = {"spkA-u1": ("en", "hello world"), "spkA-u2": ("fr", "the cat sat on the mat"),
+        "spkB-u3": ("de", "good morning, how are you today?")}
+
+
+def make_dump_dir(path, feats):
+    """A dump dir at ``path`` holding ``feats`` (utt -> fbank) of UTTS, with their text, utt2lang, utt2spk."""
+    from speechllm_cli.data.kaldi_dir import DataDir, read_table
+
+    path.mkdir(parents=True)
+    with kaldiio.WriteHelper(f"ark,scp:{path}/feats.ark,{path}/feats.scp") as writer:
+        for utt in sorted(feats):
+            writer(utt, feats[utt])
+    tables = {
+        "text": {u: t for u, (_, t) in UTTS.items()},
+        "utt2lang": {u: lang for u, (lang, _) in UTTS.items()},
+        "utt2spk": {u: u.split("-")[0] for u in UTTS},
+        "utt2num_frames": {u: str(len(feats[u])) for u in UTTS},
+        "feats.scp": dict(read_table(path / "feats.scp")),
+    }
+    DataDir(path, tables).save()
+    return path

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import time
 
-import kaldiio
 import pytest
 import torch
+from _speech_llm_fixtures import UTTS, make_dump_dir
 
-from speechllm_cli.data.kaldi_dir import DataDir, DataDirError, read_table
+from speechllm_cli.data.kaldi_dir import DataDirError, read_table
 from speechllm_cli.decode.decode import DecodeOptions, decode_data_dir, pad_feats
 from speechllm_cli.decode.decode_io import PartialOutput, read_nbest
 from speechllm_cli.decode.llm_scorer import LLMScorer, eos_ids_for
 from speechllm_cli.decode.search import Hypothesis, search
-
-UTTS = {"spkA-u1": ("en", "hello world"), "spkA-u2": ("fr", "the cat sat on the mat"),
-        "spkB-u3": ("de", "good morning, how are you today?")}
-
 
 # ----- decode_io: partial output and n-best files (no model needed)
 
@@ -62,22 +58,6 @@ def feats():
     from _speech_llm_fixtures import speech_feats
 
     return dict(zip(UTTS, speech_feats()))
-
-
-def make_dump_dir(path, feats):
-    path.mkdir(parents=True)
-    with kaldiio.WriteHelper(f"ark,scp:{path}/feats.ark,{path}/feats.scp") as writer:
-        for utt in sorted(feats):
-            writer(utt, feats[utt])
-    tables = {
-        "text": {u: t for u, (_, t) in UTTS.items()},
-        "utt2lang": {u: lang for u, (lang, _) in UTTS.items()},
-        "utt2spk": {u: u.split("-")[0] for u in UTTS},
-        "utt2num_frames": {u: str(len(feats[u])) for u in UTTS},
-        "feats.scp": dict(read_table(path / "feats.scp")),
-    }
-    DataDir(path, tables).save()
-    return path
 
 
 def test_decode_dir_outputs(speech_model, feats, tmp_path):

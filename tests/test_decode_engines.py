@@ -8,8 +8,16 @@ import sys
 
 import pytest
 import torch
-from _speech_llm_fixtures import feats_batch, make_model, make_tokenizer, save_speech_llm_dir, save_tiny_llm, tiny_llama
-from test_decode_dir import UTTS, make_dump_dir
+from _speech_llm_fixtures import (
+    UTTS,
+    feats_batch,
+    make_dump_dir,
+    make_model,
+    make_tokenizer,
+    save_speech_llm_dir,
+    save_tiny_llm,
+    tiny_llama,
+)
 from typer.testing import CliRunner
 
 from speechllm_cli.cli import app

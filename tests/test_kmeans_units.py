@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from _speech_llm_fixtures import speech_feats
-from test_decode_dir import UTTS, make_dump_dir
+from _speech_llm_fixtures import UTTS, make_dump_dir, speech_feats
 from typer.testing import CliRunner
 
 from speechllm_cli.cli import app

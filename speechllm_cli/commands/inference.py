@@ -51,7 +51,6 @@ def infer_cmd(
 ) -> None:
     """Run a trained model on audio files; one line per recording, in input order. Unreadable files are reported
     (and, in jsonl, written with their error) while the others are decoded."""
-    from speechllm_cli.features.audio import AudioError
     from speechllm_cli.infer.audio_input import collect_inputs
     from speechllm_cli.infer.model import SpeechModel
 
@@ -72,15 +71,13 @@ def infer_cmd(
     stream = out.open("w", encoding="utf-8") if out else sys.stdout
     failed = []
     try:
-        for result in speech_model.run(items, task, lang, progress=True):
+        for result in speech_model.run(items, task, lang, progress=True):  # unreadable audio: result.error
             if result.error:
                 failed.append(result.key)
                 logger.warning("could not decode %s: %s", result.key, result.error)
                 if fmt != "jsonl":
                     continue
             print(_line(result, fmt), file=stream, flush=True)
-    except AudioError as exc:
-        fail(str(exc))
     finally:
         if out:
             stream.close()

@@ -342,10 +342,10 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, out_type: 
 
 
 def gguf_for_decoding(model_dir: str | os.PathLike, gguf: str | os.PathLike | None = None,
-                      llm_path: str | os.PathLike | None = None) -> Path:
+                      llm_path: str | os.PathLike | None = None, out_type: str = "f16") -> Path:
     """The GGUF that ``decode --engine llamacpp`` runs for the model in ``model_dir``: ``gguf`` when given (it must
-    be an export of this model as it is now), else the model's f16 export (:func:`default_gguf_path`), written when
-    missing or exported from an older state of the model."""
+    be an export of this model as it is now), else the model's ``out_type`` export (:func:`default_gguf_path`),
+    written when missing or exported from an older state of the model."""
     model_dir = Path(model_dir)
     fingerprint = model_fingerprint(model_dir)
     if gguf is not None:
@@ -360,8 +360,8 @@ def gguf_for_decoding(model_dir: str | os.PathLike, gguf: str | os.PathLike | No
                 f"{source.get('model_fingerprint')}), not from {model_dir} as it is now ({fingerprint}); re-export "
                 f"it: speechllm export-gguf --model {model_dir} --out {path}")
         return path
-    path = default_gguf_path(model_dir)
+    path = default_gguf_path(model_dir, out_type)
     if path.is_file() and read_gguf_source(path).get("model_fingerprint") == fingerprint:
         return path
     logger.info("%s: exporting the model's LLM for llama.cpp (once)", path)
-    return export_gguf(model_dir, path, "f16", llm_path=llm_path)
+    return export_gguf(model_dir, path, out_type, llm_path=llm_path)
