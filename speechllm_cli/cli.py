@@ -5,7 +5,7 @@ The subcommands live in speechllm_cli/commands/, one module per stage, each regi
     commands/data.py      (stage 1)    make-mini-corpus, prepare-covost2, validate-data, fix-data, split-data
     commands/features.py  (stage 2)    fbank, compute-cmvn
     commands/ctc.py       (stages 3-4) train-tokenizer, train-ctc, ctc-report, ctc-compress
-    commands/units.py     (audio tokens) train-kmeans, units
+    commands/families.py  (audio tokens, text inputs) train-kmeans, units, text-input
     commands/llm.py       (stage 5)    export-llm, export-whisper, init-llm, train, export-gguf
     commands/decoding.py  (stages 6-7) decode, rescore, diagnose, score, results
     commands/inference.py (after)      infer (a trained model on audio files), package
@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import typer
 
-from speechllm_cli.commands import ctc, data, decoding, features, inference, llm, units
+from speechllm_cli.commands import ctc, data, decoding, families, features, inference, llm
 from speechllm_cli.utils.logging import setup_logging
 
 app = typer.Typer(
@@ -69,7 +69,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
     setup_logging(verbose)
 
 
-for stage in (data, features, ctc, units, llm, decoding, inference):  # in recipe order (`speechllm --help`)
+for stage in (data, features, ctc, families, llm, decoding, inference):  # in recipe order (`speechllm --help`)
     stage.register(app)
 
 

@@ -158,14 +158,24 @@ def score_cmd(
 
 def results_cmd(
     exp_dir: Path = typer.Argument(Path("exp"), help="Folder of model dirs with scored decode dirs."),
-    out: Path | None = typer.Option(None, help="Output Markdown file (default EXP_DIR/RESULTS.md)."),
+    out: Path | None = typer.Option(None, help="Output Markdown file (default EXP_DIR/RESULTS.md, or "
+                                    "EXP_DIR/FAMILIES.md with --systems)."),
+    systems: Path | None = typer.Option(None, help="A YAML list of whole systems (family, system, decode, stages, "
+                                        "train_only; e.g. conf/families/systems.yaml): one comparison table of them "
+                                        "instead (score/families.py)."),
+    sets: str = typer.Option("test", help="With --systems: the test sets, space-separated."),
 ) -> None:
-    """Collect every scored decode into one Markdown table and print it."""
+    """Collect every scored decode into one Markdown table and print it; with --systems, one line per whole system
+    (a cascade, a corrector on a first pass) with its summed parameters, training time and real-time factor."""
+    from speechllm_cli.score.families import write_families_table
     from speechllm_cli.score.results import write_results
 
     try:
-        path = write_results(exp_dir, out)
-    except FileNotFoundError as exc:
+        if systems is not None:
+            path = write_families_table(systems, sets.split(), out or exp_dir / "FAMILIES.md")
+        else:
+            path = write_results(exp_dir, out)
+    except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     print(path.read_text())
 

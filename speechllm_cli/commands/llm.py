@@ -93,8 +93,9 @@ def init_llm_cmd(
 def train_cmd(
     config: Path = typer.Option(..., help="Experiment YAML; its top-level model_type picks the model: speech_llm "
                                 "(the default: compressor_dir, task, target, model, train), decoder_only (the same "
-                                "sections; the whole LLM trains), seq2seq (tokenizer, model, train) or whisper "
-                                "(whisper, task, target, train: fine-tunes an exported Whisper)."),
+                                "sections; the whole LLM trains), seq2seq (tokenizer, model, train), whisper "
+                                "(whisper, task, target, train: fine-tunes an exported Whisper) or text_llm (task, "
+                                "target, model, train: LoRA on an LLM reading a text dir's input)."),
     train_data: Path = typer.Option(..., help=TRAIN_HELP["train_data"]),
     valid_data: Path = typer.Option(..., help=TRAIN_HELP["valid_data"]),
     out: Path = typer.Option(..., help="Experiment dir, e.g. exp/speechllm or exp/seq2seq."),
@@ -106,8 +107,9 @@ def train_cmd(
     """Train Speech-LLaMA (audio encoder + LoRA on a frozen LLM, over the frozen CTC compressor); with
     `model_type: decoder_only` the same with every LLM weight trained (an LLM from init-llm: from scratch); with
     `model_type: seq2seq` the encoder-decoder baseline from scratch; with `model_type: whisper` an exported Whisper
-    fine-tuned (decoder, or all) at each clip's real length."""
-    from speechllm_cli.train import seq2seq_task, speechllm_task, whisper_task
+    fine-tuned (decoder, or all) at each clip's real length; with `model_type: text_llm` an LLM with LoRA reading a
+    text input (a cascade's translation step, generative error correction; text dirs from `speechllm text-input`)."""
+    from speechllm_cli.train import seq2seq_task, speechllm_task, text_llm_task, whisper_task
     from speechllm_cli.utils.config import ConfigError, read_yaml
 
     try:
@@ -115,7 +117,7 @@ def train_cmd(
     except ConfigError as exc:
         fail(str(exc))
     tasks = {"speech_llm": speechllm_task, "decoder_only": speechllm_task, "seq2seq": seq2seq_task,
-             "whisper": whisper_task}
+             "whisper": whisper_task, "text_llm": text_llm_task}
     if model_type not in tasks:
         fail(f"{config}: model_type {model_type!r} is not one of {sorted(tasks)}")
     tasks[model_type].main(TrainingOptions(str(config), str(train_data), str(valid_data), str(out), resume, set_,

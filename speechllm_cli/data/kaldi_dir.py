@@ -28,7 +28,9 @@ from pathlib import Path
 from speechllm_cli.utils.io import atomic_write_text
 
 # Per-utterance tables a data dir may hold; wav.scp is keyed by recording id when segments exist.
-UTT_TABLES = ("text", "text.src", "utt2spk", "utt2lang", "utt2dur", "utt2num_frames")
+UTT_TABLES = ("text", "text.src", "utt2spk", "utt2lang", "utt2dur", "utt2num_frames", "input")
+TEXT_INPUT_TABLE = "input"  # a text dir's input for a text LLM (decode/text_input.py); may be empty
+NBEST_SEPARATOR = " ||| "  # between the hypotheses of a text dir's n-best input (Moses' n-best convention)
 REQUIRED_TABLES = ("wav.scp", "text", "utt2spk")
 TEXT_TABLES = ("text", "text.src")
 MAX_DROP = 0.1  # fix-data refuses to remove a larger share of the utterances unless told to
@@ -131,7 +133,7 @@ class DataDir:
         tables = {}
         for name in ("wav.scp", "segments", *UTT_TABLES, "feats.scp"):
             if (path / name).exists():
-                tables[name] = read_table(path / name, allow_empty_value=name in TEXT_TABLES)
+                tables[name] = read_table(path / name, allow_empty_value=name in (*TEXT_TABLES, TEXT_INPUT_TABLE))
         return cls(path, tables)
 
     @property
@@ -228,7 +230,8 @@ def validate_data_dir(path: str | os.PathLike) -> None:
                 f"{path / 'utt2spk'}: utterance '{utt}' does not start with its speaker id '{spk}'; "
                 "prefix utterance ids with the speaker id so sorting keeps speakers together"
             )
-    for name in ("text", "text.src", "utt2lang", "utt2dur", "utt2num_frames", "feats.scp", "segments"):
+    for name in ("text", "text.src", "utt2lang", "utt2dur", "utt2num_frames", TEXT_INPUT_TABLE, "feats.scp",
+                 "segments"):
         if name not in data.tables:
             continue
         keys = set(data.tables[name])

@@ -55,7 +55,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from speechllm_cli.data.kaldi_dir import DataDir, DataDirError, read_table, write_split
+from speechllm_cli.data.kaldi_dir import TEXT_INPUT_TABLE, DataDir, DataDirError, read_table, write_split
 from speechllm_cli.decode.decode_io import (
     PartialOutput,
     finish_stats,
@@ -95,6 +95,8 @@ class DecodeModel:
     feats_type: tuple[str, int] | None = None  # the dump's feats_type it needs (features/feats_type.py); None: any
     ctc_weight: float = 0.0  # the scorer's CTC prefix score weight (must equal DecodeOptions.ctc_weight)
     context_length: int | None = None  # positions the LLM takes (prefix + output); None: no limit
+    input_table: str | None = None  # a text model reads this data-dir table (e.g. "input"), not feats.scp
+    copy_langs: tuple[str, ...] = ()  # a text model's languages whose input is the output (a cascade's ASR langs)
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -128,6 +130,21 @@ def speech_llm_decode_model(model, gguf: str | Path | None = None, num_threads: 
                        eos_ids=sorted(set(eos_ids_for(model.tokenizer)) | {int(model.end_id)}),
                        to_text=model.decode_target, needs_task=True, context_length=llm_context_length(model.hf_llm),
                        feats_type=getattr(model.frontend, "feats_type", None))
+
+
+def text_llm_decode_model(model) -> DecodeModel:
+    """A loaded TextLLM for decoding: prompt + input text prefixes from the data dir's ``input`` table."""
+    model.eval()
+    device = next(model.hf_llm.parameters()).device
+
+    def prefixes(texts: list[str], tasks: list[str]) -> PrefixBatch:
+        with torch.inference_mode():
+            return model.decoding_prefix(*model.pad_inputs(texts, device), tasks)
+
+    return DecodeModel(scorer=LLMScorer(model.hf_llm), inputs=prefixes,
+                       eos_ids=sorted(set(eos_ids_for(model.tokenizer)) | {int(model.end_id)}),
+                       to_text=model.decode_target, needs_task=True, context_length=llm_context_length(model.hf_llm),
+                       input_table=TEXT_INPUT_TABLE, copy_langs=tuple(model.config.copy_langs))
 
 
 def seq2seq_decode_model(model, tokenizer, ctc_weight: float = 0.0) -> DecodeModel:
@@ -168,8 +185,12 @@ def load_decode_model(model_dir: str | Path, device: str = "cpu", llm_path: str 
     if gguf is not None and model_type not in SPEECH_LLM_TYPES:
         raise ValueError(f"--engine llamacpp decodes speech-LLMs; {model_dir} is a {model_type} model: use "
                          "--engine pytorch")
+    if model_type == "text_llm":
+        if ctc_weight > 0:
+            raise ValueError(f"--ctc-weight is for seq2seq models; {model_dir} is a text LLM")
+        return text_llm_decode_model(load_model(model_dir, device, llm_path=llm_path, dtype=dtype))
     if dtype is not None and model_type not in SPEECH_LLM_TYPES:
-        raise ValueError(f"--dtype is for speech-LLMs; {model_dir} is a {model_type} model")
+        raise ValueError(f"--dtype is for speech-LLMs and text LLMs; {model_dir} is a {model_type} model")
     if model_type == "seq2seq":
         model = load_model(model_dir, device)
         return seq2seq_decode_model(model, model.tokenizer, ctc_weight=ctc_weight)
@@ -183,7 +204,7 @@ def load_decode_model(model_dir: str | Path, device: str = "cpu", llm_path: str 
             raise ValueError(f"--ctc-weight is for seq2seq models; {model_dir} is a Whisper (it has no CTC head)")
         return whisper_decode_model(load_model(model_dir, device))
     raise ValueError(f"{Path(model_dir) / 'model.yaml'}: a {model_type} model does not decode on its own; give a "
-                     "speech_llm, decoder_only, seq2seq or whisper model dir")
+                     "speech_llm, decoder_only, text_llm, seq2seq or whisper model dir")
 
 
 def check_sources_unchanged(model_dir: str | Path) -> None:
@@ -239,14 +260,15 @@ def _check_feats_type(data_dir: Path, expected: tuple[str, int], who: str) -> No
     check_feats_type(data_dir, expected, who)
 
 
-def decode_batch(decoder: DecodeModel, feats: list[np.ndarray], options: DecodeOptions, utt_ids: list[str],
-                 tasks: list[str] | None = None, langs: list[str] | None = None
+def decode_batch(decoder: DecodeModel, feats: list, options: DecodeOptions, utt_ids: list[str],
+                 tasks: list[str] | None = None, langs: list[str] | None = None, seconds: list[float] | None = None
                  ) -> tuple[list[list[Hypothesis]], int]:
-    """Search one batch: raw features per utterance (frames of 10 ms), their tasks (asr/st; when
-    ``decoder.needs_task``) and languages (when ``decoder.needs_lang``). Output caps follow ``options`` and the
-    model's context (a warning names each utterance whose cap shrinks). Returns the n-best lists (``max(nbest, 1)``
-    per utterance) and the number of audio positions the LLM read (speech-LLMs; 0 otherwise)."""
-    seconds = [len(f) * FRAME_SHIFT for f in feats]
+    """Search one batch: raw features per utterance (frames of 10 ms; a text model's input texts), their tasks
+    (asr/st; when ``decoder.needs_task``) and languages (when ``decoder.needs_lang``). Output caps follow ``options``
+    and the model's context (a warning names each utterance whose cap shrinks); ``seconds``: each utterance's audio
+    duration (default: from the feature frames). Returns the n-best lists (``max(nbest, 1)`` per utterance) and the
+    number of positions the LLM read in place of audio (speech and text LLMs; 0 otherwise)."""
+    seconds = seconds if seconds is not None else [len(f) * FRAME_SHIFT for f in feats]
     caps = max_new_tokens_for(seconds, options.max_new_tokens, options.max_len_a, options.max_len_b)
     inputs = decoder.inputs(feats, tasks, langs) if decoder.needs_lang else decoder.inputs(feats, tasks)
     if isinstance(inputs, PrefixBatch):  # an LLM: prompt + audio + output must fit its context
@@ -258,6 +280,42 @@ def decode_batch(decoder: DecodeModel, feats: list[np.ndarray], options: DecodeO
     nbest = search(decoder.scorer, inputs, caps, decoder.eos_ids, beam=options.beam, nbest=max(options.nbest, 1),
                    length_penalty=options.length_penalty, no_repeat_ngram=options.no_repeat_ngram)
     return nbest, sum(getattr(inputs, "audio_lengths", None) or [])
+
+
+def _input_reader(decoder: DecodeModel, data: DataDir) -> tuple[Callable, Callable, Callable]:
+    """How to read an utterance's input, its audio duration in seconds and its size (to sort by): the features of
+    feats.scp, or a text model's input table (durations from utt2dur, else utt2num_frames, else 0)."""
+    if decoder.input_table is None:
+        feats_scp = FeatsReader(data.path / "feats.scp", entries=data.tables["feats.scp"])
+        num_frames = _num_frames(data, feats_scp)
+        return feats_scp.__getitem__, lambda u: num_frames[u] * FRAME_SHIFT, num_frames.__getitem__
+    table = data.tables[decoder.input_table]
+    if "utt2dur" in data.tables:
+        seconds = {u: float(d) for u, d in data.tables["utt2dur"].items()}
+    elif "utt2num_frames" in data.tables:
+        seconds = {u: int(n) * FRAME_SHIFT for u, n in data.tables["utt2num_frames"].items()}
+    else:
+        seconds = {}
+    return table.__getitem__, lambda u: seconds.get(u, 0.0), lambda u: len(table[u])
+
+
+def _copy_inputs(decoder: DecodeModel, data: DataDir, todo: list[str], read_input: Callable, partial: PartialOutput,
+                 options: DecodeOptions, stats: dict, duration: Callable) -> list[str]:
+    """Write the input of every utterance in ``decoder.copy_langs`` as its output (a cascade passes its ASR output
+    through for the ASR languages); returns the utterances left to decode."""
+    if "utt2lang" not in data.tables:
+        raise DataDirError(f"{data.path / 'utt2lang'}: missing; the model copies the input of {decoder.copy_langs} "
+                           "utterances, so it needs each utterance's language")
+    copied = [u for u in todo if data.tables["utt2lang"][u] in decoder.copy_langs]
+    if copied:
+        as_is = Hypothesis(tokens=[], logprob=0.0, score=0.0, num_tokens=0, end_token=decoder.eos_ids[0])
+        hyps = {u: one_line(read_input(u)) for u in copied}
+        partial.append(hyps, [nbest_line(u, 1, as_is, t) for u, t in hyps.items()] if options.nbest else [])
+        stats["num_utts"] += len(copied)
+        stats["audio_seconds"] += sum(duration(u) for u in copied)
+        logger.info("%d utterance(s) in %s: their input is their output (copy_langs)", len(copied),
+                    ", ".join(decoder.copy_langs))
+    return [u for u in todo if u not in hyps] if copied else todo
 
 
 def _identity(options: DecodeOptions, model_dir, data_dir) -> dict:
@@ -273,36 +331,40 @@ def decode_data_dir(model, data_dir: str | Path, out_dir: str | Path, options: D
     options.validate()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     data = DataDir.load(data_dir)
-    if "feats.scp" not in data.tables:
-        raise DataDirError(f"{data_dir / 'feats.scp'}: missing; decode a dump dir (run the fbank stage)")
+    decoder = model if isinstance(model, DecodeModel) else speech_llm_decode_model(model)
+    source = decoder.input_table or "feats.scp"
+    if source not in data.tables:
+        how = ("make a text dir with `speechllm text-input`" if decoder.input_table
+               else "decode a dump dir (run the fbank stage)")
+        raise DataDirError(f"{data_dir / source}: missing; {how}")
     utts = data.utt_ids
     identity = _identity(options, model_dir, data_dir)
     if finished_decode(out_dir, identity, utts):
         logger.info("%s already holds a decode of %s with these options and model; nothing to do", out_dir, data_dir)
         return yaml.safe_load((out_dir / "stats.yaml").read_text(encoding="utf-8"))
     record = {**identity, "command": command or shlex.join(sys.argv)}
-    feats_scp = FeatsReader(data_dir / "feats.scp", entries=data.tables["feats.scp"])
-    num_frames = _num_frames(data, feats_scp)
+    read_input, duration, size = _input_reader(decoder, data)
     partial = PartialOutput(out_dir, identity)
-    todo = sorted((u for u in utts if u not in partial.done), key=lambda u: (-num_frames[u], u))
+    todo = sorted((u for u in utts if u not in partial.done), key=lambda u: (-size(u), u))
     if partial.done:
         logger.info("resuming: %d of %d utterances already decoded in %s", len(partial.done), len(utts), out_dir)
-    decoder = model if isinstance(model, DecodeModel) else speech_llm_decode_model(model)
     if decoder.feats_type is not None:
         _check_feats_type(data_dir, decoder.feats_type, model_dir or "the model")
     if decoder.ctc_weight != options.ctc_weight:
         raise ValueError(f"the model decodes with CTC weight {decoder.ctc_weight}, "
                          f"the options say {options.ctc_weight}")
     stats = {"num_utts": 0, "audio_seconds": 0.0, "decode_seconds": 0.0, "output_tokens": 0, "audio_positions": 0}
+    if decoder.copy_langs:
+        todo = _copy_inputs(decoder, data, todo, read_input, partial, options, stats, duration)
     with tqdm(total=len(todo), desc=f"decode {data_dir.name}", unit="utt", disable=None) as bar:
         for start in range(0, len(todo), batch_size):
             batch_utts = todo[start:start + batch_size]
             begin = time.perf_counter()
-            feats = [feats_scp[utt] for utt in batch_utts]  # FeatsReadError names utterance, ark, offset, fix
-            seconds = [len(f) * FRAME_SHIFT for f in feats]
+            feats = [read_input(utt) for utt in batch_utts]  # FeatsReadError names utterance, ark, offset, fix
+            seconds = [duration(utt) for utt in batch_utts]
             tasks = _tasks(data, batch_utts, options) if decoder.needs_task else None
             langs = _langs(data, batch_utts) if decoder.needs_lang else None
-            nbest, audio_positions = decode_batch(decoder, feats, options, batch_utts, tasks, langs)
+            nbest, audio_positions = decode_batch(decoder, feats, options, batch_utts, tasks, langs, seconds)
             stats["audio_positions"] += audio_positions
             hyps, lines = {}, []
             for utt, hyp_list in zip(batch_utts, nbest):

@@ -12,6 +12,7 @@ Layout (a speech-LLM; other model types are self-contained dirs and are copied a
     mymodel/audio.safetensors mymodel/lora/ (or llm.safetensors)    the trained weights
     mymodel/frontend/         the front-end's model (a CTC compressor, or a Whisper export); a compressor's
     mymodel/whisper/            Whisper beside it (recorded as ../whisper)
+    mymodel/encoder/          a k-means units front-end's encoder (recorded as ../encoder by frontend/model.yaml)
     mymodel/llm/              the LLM (with --with-llm)
     mymodel/decode.yaml       decode options (the experiment's last decode), used by infer
     mymodel/infer.yaml        max_seconds: recordings longer than the longest training utterance are split
@@ -43,7 +44,7 @@ from speechllm_cli.utils.io import atomic_dir
 
 logger = logging.getLogger(__name__)
 
-FRONTEND_DIR, WHISPER_DIR, LLM_DIR = "frontend", "whisper", "llm"
+FRONTEND_DIR, WHISPER_DIR, ENCODER_DIR, LLM_DIR = "frontend", "whisper", "encoder", "llm"
 # what a trained dir holds besides its model (checkpoints, other weight variants, plots, logs, decodes, exports)
 TRAINING_LEFTOVERS = (GGUF_DIR, "checkpoints", "decode_*", "*.avg.safetensors", "*.best.safetensors", "images",
                       "history.json", "train.log", "report_*.json")
@@ -75,6 +76,11 @@ def _package_frontend(record: dict, model_dir: Path, out: Path) -> None:
     if inner["model_type"] == "ctc_compressor" and whisper:  # its Whisper, recorded relative to the compressor
         _copy_dir(resolve_recorded_path(whisper["path"], source), out / WHISPER_DIR)
         inner["whisper"]["path"] = inner["config"]["whisper_dir"] = f"../{WHISPER_DIR}"
+        _write_record(out / FRONTEND_DIR, inner)
+    encoder = inner.get("config", {}).get("frontend", {}) if inner["model_type"] == "kmeans_units" else {}
+    if encoder.get("dir"):  # the units' encoder (a Whisper export or a compressor), recorded relative to the k-means
+        _copy_dir(resolve_recorded_path(encoder["dir"], source), out / ENCODER_DIR)
+        encoder["dir"] = f"../{ENCODER_DIR}"
         _write_record(out / FRONTEND_DIR, inner)
 
 
@@ -151,7 +157,8 @@ def package_model(model: str | os.PathLike, out: str | os.PathLike, with_llm: bo
     with atomic_dir(out) as tmp:
         tmp.rmdir()
         speech_llm = record["model_type"] in SPEECH_LLM_TYPES
-        _copy_dir(model_dir, tmp, skip=(FRONTEND_DIR, WHISPER_DIR, LLM_DIR) if speech_llm else ())  # (a package's)
+        packaged = (FRONTEND_DIR, WHISPER_DIR, ENCODER_DIR, LLM_DIR)  # a package's own copies: made again below
+        _copy_dir(model_dir, tmp, skip=packaged if speech_llm else ())
         if speech_llm:
             _package_frontend(record, model_dir, tmp)
             llm_path = resolve_recorded_path(record["llm"]["path"], model_dir)

@@ -30,18 +30,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from speechllm_cli.models.frontends import FRONTENDS, build_frontend, frontend_config
 from speechllm_cli.models.frontends.base import pad_feats
-from speechllm_cli.models.model_dir import read_model_record, resolve_recorded_path, write_model_record
+from speechllm_cli.models.frontends.kmeans_units import CENTROIDS, MODEL_TYPE, KMeansUnitsFrontEnd
+from speechllm_cli.models.model_dir import write_model_record
 from speechllm_cli.utils.io import atomic_dir
 
 logger = logging.getLogger(__name__)
 
-MODEL_TYPE = "kmeans_units"
-CENTROIDS = "centroids.safetensors"
 FRAME_SHIFT = 0.01  # seconds per feature frame of a dump
 
 
@@ -127,28 +126,16 @@ def train_kmeans(config: KMeansConfig, dump_dir: str | os.PathLike, out_dir: str
 
 
 class UnitExtractor:
-    """A trained unit inventory: raw features -> unit ids (runs collapsed)."""
+    """A trained unit inventory: raw features -> unit ids (runs collapsed); the ``kmeans_units`` front-end inside."""
 
-    def __init__(self, frontend, centroids: torch.Tensor, config: KMeansConfig):
-        self.frontend = frontend.eval()
-        self.centroids = centroids  # (K, D)
-        self.config = config
+    def __init__(self, units_frontend: KMeansUnitsFrontEnd):
+        self.units_frontend = units_frontend.eval()
+        self.frontend = units_frontend.encoder  # the front-end whose frames were clustered
+        self.centroids = units_frontend.centroids  # (K, D)
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: str = "cpu") -> UnitExtractor:
-        model_dir = Path(model_dir)
-        record = read_model_record(model_dir, expect=(MODEL_TYPE,))
-        config = KMeansConfig(**record["config"])
-        section = frontend_config(config.frontend)
-        if getattr(section, "dir", ""):
-            section.dir = resolve_recorded_path(section.dir, model_dir)
-        found = FRONTENDS.cls(section).source_hash(section)
-        if record.get("frontend_hash") is not None and found != record["frontend_hash"]:
-            raise ValueError(f"{model_dir}: its units were fitted on the {section.type} front-end with hash "
-                             f"{record['frontend_hash']}, but {getattr(section, 'dir', '')} now has hash {found}: "
-                             "restore that front-end or train the k-means again")
-        centroids = load_file(str(model_dir / CENTROIDS))["centroids"]
-        return cls(build_frontend(section, device), centroids, config)
+        return cls(build_frontend({"type": MODEL_TYPE, "dir": str(model_dir)}, device))
 
     @property
     def num_units(self) -> int:
@@ -156,16 +143,8 @@ class UnitExtractor:
 
     def __call__(self, feats: list[np.ndarray]) -> list[list[int]]:
         """Unit ids of each utterance's raw features, consecutive duplicates removed."""
-        out = []
-        for frames in encoder_frames(self.frontend, feats):
-            if not len(frames):
-                out.append([])
-                continue
-            units = torch.cdist(torch.from_numpy(frames), self.centroids).argmin(dim=1)
-            keep = torch.ones_like(units, dtype=torch.bool)
-            keep[1:] = units[1:] != units[:-1]
-            out.append(units[keep].tolist())
-        return out
+        with torch.inference_mode():
+            return [u.tolist() for u in self.units_frontend.units(*pad_feats(feats, self.centroids.device))]
 
 
 def write_units(kmeans_dir: str | os.PathLike, dump_dir: str | os.PathLike, out_dir: str | os.PathLike,

@@ -9,6 +9,7 @@ Example::
     seq2seq = load_model("exp/seq2seq/model")                   # a Seq2SeqModel; seq2seq.tokenizer its targets
     whisper = load_model("exp/whisper/base")                    # a WhisperSeq2Seq (exported or fine-tuned); .tokenizer
     units = load_model("exp/kmeans_whisper500")                 # a UnitExtractor: raw features -> unit ids
+    mt = load_model("exp/cascade_mt/model")                     # a TextLLM (reads a text dir's input table)
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ def load_model(model_dir: str | os.PathLike, device: str = "cpu", **kwargs):
         from speechllm_cli.models.kmeans_units import UnitExtractor
 
         return UnitExtractor.load(model_dir, device)
+    elif model_type == "text_llm":
+        from speechllm_cli.models.text_llm import load_text_llm
+
+        return load_text_llm(model_dir, device, **kwargs)
     else:
         return load_speech_llm(model_dir, device=device, **kwargs)
     model.tokenizer = tokenizer

@@ -33,7 +33,7 @@ from speechllm_cli.utils.io import atomic_write_text
 
 RECORD_NAME = "model.yaml"
 SPEECH_LLM_TYPES = ("speech_llm", "decoder_only")  # saved by speech_llm_io, decoded with the LLM scorer
-MODEL_TYPES = ("ctc_compressor", "seq2seq", *SPEECH_LLM_TYPES, "whisper", "kmeans_units")
+MODEL_TYPES = ("ctc_compressor", "seq2seq", *SPEECH_LLM_TYPES, "text_llm", "whisper", "kmeans_units")
 OLDER_RECORDS = ("speech_llm.yaml", "model.json")  # what model dirs held before model.yaml
 
 

@@ -153,19 +153,7 @@ def load_speech_llm(
     record = read_record(model_dir)
     config = SpeechLLMConfig(**record["config"])
     _resolve_frontend_dir(config.frontend, model_dir)
-    llm = Path(llm_path) if llm_path else Path(resolve_recorded_path(record["llm"]["path"], model_dir))
-    if not llm.exists():
-        raise FileNotFoundError(
-            f"LLM {llm} recorded in {model_dir / 'model.yaml'} not found; pass the path of the same LLM (llm_path=...)"
-        )
-    found_hash, recorded_hash = llm_content_hash(llm), record["llm"]["hash"]
-    if found_hash != recorded_hash:
-        raise LLMMismatchError(
-            f"LLM {llm} has content hash {found_hash}, but the speech LLM in {model_dir} was trained on an LLM with "
-            f"hash {recorded_hash} (recorded in {model_dir / 'model.yaml'}). Its adapter and LoRA only fit "
-            "that LLM: point llm_path at the original LLM (re-export it with export_llm if it was a GGUF export), "
-            "or retrain the speech LLM on this one."
-        )
+    llm, found_hash = recorded_llm(model_dir, record, llm_path)
     config.llm = str(llm)
     config.dtype = dtype or config.dtype
     frontend_hash = record.get("frontend_hash")
@@ -187,6 +175,25 @@ def load_speech_llm(
     if not trainable:
         model.requires_grad_(False)
     return model.to(device).train(trainable)
+
+
+def recorded_llm(model_dir: Path, record: dict, llm_path: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The LLM a saved model was trained on (``llm_path``, else the recorded path) and its content hash, which must
+    equal the recorded one (LLMMismatchError otherwise)."""
+    llm = Path(llm_path) if llm_path else Path(resolve_recorded_path(record["llm"]["path"], model_dir))
+    if not llm.exists():
+        raise FileNotFoundError(
+            f"LLM {llm} recorded in {model_dir / 'model.yaml'} not found; pass the path of the same LLM (llm_path=...)"
+        )
+    found_hash, recorded_hash = llm_content_hash(llm), record["llm"]["hash"]
+    if found_hash != recorded_hash:
+        raise LLMMismatchError(
+            f"LLM {llm} has content hash {found_hash}, but the model in {model_dir} was trained on an LLM with "
+            f"hash {recorded_hash} (recorded in {model_dir / 'model.yaml'}). Its adapter and LoRA only fit "
+            "that LLM: point llm_path at the original LLM (re-export it with export_llm if it was a GGUF export), "
+            "or retrain the model on this one."
+        )
+    return llm, found_hash
 
 
 def _load_audio_side(model_dir: Path, record: dict, config, llm: Path, frontend, device, llm_hash, frontend_hash):

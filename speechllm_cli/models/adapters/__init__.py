@@ -20,6 +20,7 @@ from speechllm_cli.models.adapters.conv import ConvAdapter, ConvAdapterConfig
 from speechllm_cli.models.adapters.qformer import QFormerAdapter, QFormerAdapterConfig
 from speechllm_cli.models.adapters.stack_mlp import StackMLPAdapter, StackMLPAdapterConfig
 from speechllm_cli.models.adapters.transformer import TransformerAdapter, TransformerAdapterConfig
+from speechllm_cli.models.adapters.unit_embedding import UnitEmbeddingAdapter, UnitEmbeddingAdapterConfig
 from speechllm_cli.models.component import Registry
 
 ADAPTERS = Registry("adapter", {
@@ -27,6 +28,7 @@ ADAPTERS = Registry("adapter", {
     "stack_mlp": (StackMLPAdapterConfig, StackMLPAdapter),  # SLAM-ASR: k frames concatenated -> 2-layer MLP
     "conv": (ConvAdapterConfig, ConvAdapter),  # strided 1-D convolution -> linear
     "qformer": (QFormerAdapterConfig, QFormerAdapter),  # window-level Q-Former (SALMONN, Granite Speech)
+    "unit_embedding": (UnitEmbeddingAdapterConfig, UnitEmbeddingAdapter),  # discrete units -> new token rows
 })
 
 

@@ -18,11 +18,13 @@ from torch import nn
 
 from speechllm_cli.models.component import Registry
 from speechllm_cli.models.frontends.ctc_compressor import CTCCompressorFrontEnd, CTCCompressorFrontEndConfig
+from speechllm_cli.models.frontends.kmeans_units import KMeansUnitsFrontEnd, KMeansUnitsFrontEndConfig
 from speechllm_cli.models.frontends.whisper import WhisperFrontEnd, WhisperFrontEndConfig
 
 FRONTENDS = Registry("frontend", {
     "ctc_compressor": (CTCCompressorFrontEndConfig, CTCCompressorFrontEnd),  # Speech-LLaMA's CTC compressor
     "whisper": (WhisperFrontEndConfig, WhisperFrontEnd),  # a pretrained Whisper encoder, every 20 ms frame
+    "kmeans_units": (KMeansUnitsFrontEndConfig, KMeansUnitsFrontEnd),  # k-means units of an encoder, one-hot
 })
 
 
@@ -32,5 +34,10 @@ def frontend_config(section):
 
 
 def build_frontend(config, device: str = "cpu") -> nn.Module:
-    """The front-end ``config`` describes, loaded from what it names."""
-    return FRONTENDS.cls(config).from_config(config, device)
+    """The front-end ``config`` (a config or a section mapping) describes, loaded from what it names; one that wraps
+    another front-end (``wraps_frontend``: kmeans_units) gets this function to build it."""
+    config = frontend_config(config)
+    cls = FRONTENDS.cls(config)
+    if getattr(cls, "wraps_frontend", False):
+        return cls.from_config(config, device, build_frontend)
+    return cls.from_config(config, device)
