@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAGE ?= 1
 STOP_STAGE ?= 100
 
-.PHONY: install test test-slow demo baselines whisper ablations lint bench bench-decode clean
+.PHONY: install test test-slow demo baselines whisper ablations families lint bench bench-decode clean
 
 install:
 	tools/install_system.sh
@@ -29,6 +29,9 @@ whisper:  # after `make demo`: zero-shot and fine-tuned Whisper, Speech-LLaMA on
 
 ablations:  # after `make baselines`: every conf/tuning/ablation_*.yaml and the decoder-only model, one table
 	cd egs/covost2 && local/run_ablations.sh
+
+families:  # after `make demo`: the survey's three integration families on the same data and LLM, one table (~2 h)
+	cd egs/covost2 && local/run_families.sh
 
 lint:
 	$(VENV)/bin/ruff check speechllm_cli tests bench

@@ -18,6 +18,7 @@ SMALL = {  # small sizes; conv with kernel > stride so its last outputs read pas
     "stack_mlp": {"stack": 3, "hidden_dim": 16},
     "conv": {"stride": 3, "kernel": 5, "channels": 16},
     "qformer": {"window": 4, "queries": 2, "num_layers": 1, "d_model": 16, "num_heads": 2, "ff_dim": 32},
+    "unit_embedding": {},  # reads one-hot units (frontends/kmeans_units.py); any frame vectors work
 }
 TYPES = sorted(ADAPTERS.entries)
 
@@ -105,6 +106,7 @@ def test_gradients_reach_every_parameter(name):
     ("qformer", "queries", 0),
     ("qformer", "num_heads", 3),  # d_model 16 is not divisible by 3
     ("qformer", "dropout", 1.5),
+    ("unit_embedding", "init_scale", 0.0),
 ])
 def test_bad_values_name_the_key(name, key, value):
     with pytest.raises(ValueError, match=key):
@@ -118,3 +120,17 @@ def test_unknown_type_and_unknown_key_are_config_errors():
         adapter_config({"type": "stack_mlp", "stacks": 4})
     with pytest.raises(ConfigError, match="stack"):
         adapter_config({"type": "stack_mlp", "stack": "four"})
+
+
+def test_unit_rows_start_like_the_llm_token_embeddings_and_embed_one_hot_units():
+    adapter = make("unit_embedding")
+    torch.manual_seed(0)
+    tokens = 0.5 + 0.1 * torch.randn(5000, LLM_DIM)  # a token embedding table: mean 0.5, std 0.1 per dimension
+    adapter.init_from_token_embeddings(tokens)
+    rows = adapter.output_proj.weight.T  # (K, H): one row per unit
+    assert rows.shape == (INPUT_DIM, LLM_DIM)
+    torch.testing.assert_close(rows.mean(), torch.tensor(0.5), atol=0.05, rtol=0)
+    units = torch.tensor([[3, 0, 3]])
+    embeds, lens = adapter(torch.nn.functional.one_hot(units, INPUT_DIM).float(), torch.tensor([3]))
+    torch.testing.assert_close(embeds[0], rows[units[0]])
+    assert lens.tolist() == [3]

@@ -103,6 +103,7 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
   for dset in dev ${test_sets}; do
     speechllm decode --model exp/whisper_finetuned --data "${dump}/${dset}" \
       --out "exp/whisper_finetuned/decode_${dset}_nbest${nbest}" "${nbest_args[@]}"
+    speechllm score "exp/whisper_finetuned/decode_${dset}_nbest${nbest}"   # the first pass's own 1-best
     speechllm text-input --data "${dump}/${dset}" --nbest "${nbest}" --out "dump/ger/${dset}" \
       --from-decode "exp/whisper_finetuned/decode_${dset}_nbest${nbest}"
   done
