@@ -214,3 +214,12 @@ def _check_families_table(setup, cascade_decode, cascade_exp, tmp_path):
     result = json.loads((cascade_decode / "result.json").read_text())
     assert cascade["wer"]["en"] == result["groups"]["en"]["wer"]
     assert f"{result['groups']['all_st']['bleu']:.2f}" in table
+
+
+def test_unit_llm_decodes_alike_in_llamacpp(setup, tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by make install")
+    exp, dev = setup["units_exp"], setup["corpus"]["dev"]
+    common = ["--model", exp, "--data", dev, "--max-new-tokens", 6]
+    _invoke("decode", *common, "--out", tmp_path / "pytorch")
+    _invoke("decode", *common, "--out", tmp_path / "llamacpp", "--engine", "llamacpp")
+    assert (tmp_path / "llamacpp" / "hyp.txt").read_text() == (tmp_path / "pytorch" / "hyp.txt").read_text()

@@ -13,9 +13,11 @@ Example::
     model_type: seq2seq             config (the experiment config), weights, tokenizer     seq2seq_io.py
     model_type: speech_llm          config (SpeechLLMConfig), llm {path, hash},            speech_llm_io.py
     model_type: decoder_only          frontend_hash, training {task, asr_langs, target}
+    model_type: text_llm            config (TextLLMConfig), llm {path, hash}, training; lora/    text_llm.py
     model_type: whisper             source, hash, num_mel_bins, input (padded_30s | real_length);   whisper/export.py,
                                       fine-tuned: base {path, hash}, training (a transformers dir)  whisper/finetuned.py
-    model_type: kmeans_units        config (KMeansConfig), frontend_hash, stats; centroids        kmeans_units.py
+    model_type: kmeans_units        config (KMeansConfig), frontend_hash, stats; centroids        kmeans_units.py,
+                                                                                            frontends/kmeans_units.py
 
 To add a model type: write its save/load module, add a ``MODEL_TYPES`` line and a branch in ``load.py``, and teach
 ``speechllm decode`` its scorer (``decode/decode.py: load_decode_model``).
