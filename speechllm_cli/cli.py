@@ -2,7 +2,8 @@
 
 The subcommands live in speechllm_cli/commands/, one module per stage, each registering its commands here:
 
-    commands/data.py      (stage 1)    make-mini-corpus, prepare-covost2, validate-data, fix-data, split-data
+    commands/data.py      (stage 1)    make-mini-corpus, prepare-covost2, validate-data, fix-data, split-data,
+                                       perturb-speed
     commands/features.py  (stage 2)    fbank, compute-cmvn
     commands/ctc.py       (stages 3-4) train-tokenizer, train-ctc, ctc-report, ctc-compress
     commands/families.py  (audio tokens, text inputs) train-kmeans, units, text-input

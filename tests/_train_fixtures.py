@@ -27,16 +27,14 @@ SENTENCES = {
 TRAIN_PER_LANG = 6  # the first 6 sentences of each language train, the last 2 validate
 
 
-def espeak_fbank(text: str, voice: str, tmp: Path) -> np.ndarray:
-    """espeak-ng speech (22050 Hz), soxr-resampled to 16 kHz, as 80-dim fbank (25 ms / 10 ms): (T, 80)."""
-    samples = synth_speech(text, voice, tmp / "utt.wav", sample_rate=16000)
-    return FbankExtractor()(samples)
-
-
-def write_dump(dump_dir: Path, utts: list[tuple[str, str, str, np.ndarray]]) -> None:
-    """feats.scp/ark, utt2num_frames, text, text.src, utt2spk, utt2lang from (utt, lang, text, feats)."""
+def write_dump(dump_dir: Path, utts: list[tuple[str, str, str, np.ndarray]], wavs: dict[str, Path] | None = None
+               ) -> None:
+    """feats.scp/ark, utt2num_frames, text, text.src, utt2spk, utt2lang from (utt, lang, text, feats); wav.scp from
+    ``wavs`` (utt -> audio file) when given."""
     dump_dir.mkdir(parents=True, exist_ok=True)
     utts = sorted(utts)
+    if wavs:
+        (dump_dir / "wav.scp").write_text("".join(f"{u} {wavs[u]}\n" for u, *_ in utts), encoding="utf-8")
     with kaldiio.WriteHelper(f"ark,scp:{dump_dir / 'feats.ark'},{dump_dir / 'feats.scp'}") as writer:
         for utt, _, _, feats in utts:
             writer(utt, feats)
@@ -52,16 +50,22 @@ def write_dump(dump_dir: Path, utts: list[tuple[str, str, str, np.ndarray]]) -> 
 
 
 def build_corpus(root: Path) -> dict[str, Path]:
-    """``root/dump/{train,dev}`` (12 + 4 utterances, cmvn.ark in train) and ``root/token_list/bpe``."""
+    """``root/dump/{train,dev}`` (12 + 4 utterances, their wavs in ``root/wav`` and wav.scp, cmvn.ark in train) and
+    ``root/token_list/bpe``. The features are those stage 2 computes from the wav files."""
+    from speechllm_cli.features.audio import load_audio
+
     sets: dict[str, list] = {"train": [], "dev": []}
+    wavs = {}
     for lang, voice in (("en", "en"), ("de", "de")):
         for i, text in enumerate(SENTENCES[lang]):
-            feats = espeak_fbank(text, voice, root)
             utt = f"spk{lang}-{lang}{i:03d}"
+            wavs[utt] = root / "wav" / f"{utt}.wav"
+            synth_speech(text, voice, wavs[utt], sample_rate=16000)
+            feats = FbankExtractor()(load_audio(str(wavs[utt])))
             sets["train" if i < TRAIN_PER_LANG else "dev"].append((utt, lang, text, feats))
     paths = {}
     for name, utts in sets.items():
-        write_dump(root / "dump" / name, utts)
+        write_dump(root / "dump" / name, utts, wavs)
         paths[name] = root / "dump" / name
     compute_cmvn(paths["train"])  # dump/train/cmvn.ark, Kaldi stats
     paths["tokenizer"] = train_tokenizer([paths["train"] / "text.src"], root / "token_list" / "char", vocab_size=40,

@@ -116,7 +116,11 @@ def _trained_weights(model_dir) -> dict[str, torch.Tensor]:
             **load_file(model_dir / "lora" / "adapter_model.safetensors")}
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(setup, tmp_path):
+AUGMENTED = {"train.augment.noise_prob": 0.7, "train.augment.reverb_prob": 0.5}  # from the wavs, each epoch anew
+
+
+@pytest.mark.parametrize("augment", [False, True], ids=["plain", "noise+reverb"])
+def test_sigkill_then_resume_equals_an_uninterrupted_run(setup, tmp_path, augment):
     import os
     import signal
     import subprocess
@@ -125,13 +129,13 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(setup, tmp_path):
 
     corpus, config_path, _ = setup
     reference = tmp_path / "reference"
-    every_step = {"train.checkpoint_every_steps": 1}
+    every_step = {"train.checkpoint_every_steps": 1, **(AUGMENTED if augment else {})}
     train_speechllm(config_path, corpus["train"], corpus["dev"], reference, overrides=every_step)
     script = tmp_path / "slow_train.py"
     script.write_text(SLOW_TRAIN_SCRIPT, encoding="utf-8")
     out = tmp_path / "killed"
-    argv = [sys.executable, str(script),
-            *_cli_argv(config_path, corpus, out, "--set", "train.checkpoint_every_steps=1")]
+    sets = [arg for key, value in every_step.items() for arg in ("--set", f"{key}={value}")]
+    argv = [sys.executable, str(script), *_cli_argv(config_path, corpus, out, *sets)]
     with open(tmp_path / "killed.log", "w") as log:
         killed = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     wanted = out / "checkpoints" / "step00000004.pt"  # mid epoch 2 (3 steps per epoch)

@@ -6,6 +6,7 @@
 #   ./run.sh --model-type whisper             # Whisper base fine-tuned on the train set (a peer, no LLM)
 #   ./run.sh --stage 2 --stop-stage 2 --nj 4  # features only
 #   ./run.sh --src-langs "de fr es ca"        # with real CoVoST2 paths in db.sh
+#   ./run.sh --speed-perturb-factors "0.9 1.0 1.1"   # train on 3 speed-perturbed copies (data/train_sp)
 set -euo pipefail
 
 log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"; }
@@ -20,6 +21,8 @@ mini_seed=0
 train_set=train
 valid_set=dev
 test_sets=test
+speed_perturb_factors=""  # "" = off; e.g. "0.9 1.0 1.1": stage 1 writes data/<train_set>_sp (a copy per factor,
+                          # as Kaldi's perturb_data_dir_speed.sh; needs sox) and later stages train on it
 model_type=speech_llm # speech_llm (Speech-LLaMA), seq2seq (the encoder-decoder baseline, from scratch),
                       # decoder_only (the same front-end feeding a small LLaMA trained from scratch) or whisper
                       # (the pretrained Whisper fine-tuned on the train set, conf/train_whisper.yaml)
@@ -47,9 +50,10 @@ nbest=0               # also write nbest.txt with this many hypotheses (for `spe
 help_message=$(cat <<HELP
 Usage: $0 [--stage N] [--stop-stage M] [--nj J] [--src-langs "de fr"] [--norm tc|lc.rm]
        [--model-type speech_llm|seq2seq|decoder_only|whisper] [--frontend whisper|fbank] [--llm DIR_OR_GGUF]
-       [--train-args "..."] [--decode-args "..."]
-Stages: 1 data preparation, 2 features (Whisper log-mel, or fbank + CMVN), 3 tokenizer (CTC source units; seq2seq:
-        target units), 4 Whisper export and CTC compressor, 5 training, 6 decoding, 7 scoring and the results table.
+       [--speed-perturb-factors "0.9 1.0 1.1"] [--train-args "..."] [--decode-args "..."]
+Stages: 1 data preparation (and --speed-perturb-factors: the train set's copies in data/<train_set>_sp), 2 features
+        (Whisper log-mel, or fbank + CMVN), 3 tokenizer (CTC source units; seq2seq: target units), 4 Whisper export
+        and CTC compressor, 5 training, 6 decoding, 7 scoring and the results table.
 HELP
 )
 
@@ -78,6 +82,9 @@ case "${model_type}" in
   *) echo "$0: --model-type must be speech_llm, seq2seq, decoder_only or whisper, not '${model_type}'" >&2; exit 1 ;;
 esac
 
+orig_train_set=${train_set}   # what stage 1 prepares; the stages after it train on train_set
+[ -n "${speed_perturb_factors}" ] && train_set=${train_set}_sp
+
 if [ -z "$COMMONVOICE" ]; then
   corpus=downloads/mini
   COMMONVOICE=$corpus
@@ -93,9 +100,14 @@ if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
   fi
   speechllm prepare-covost2 --cv-root "${COMMONVOICE}" --covost-dir "${COVOST2}" \
     --src-langs "${src_langs}" --norm "${norm}" --out data
-  for dset in ${train_set} ${valid_set} ${test_sets}; do
+  for dset in ${orig_train_set} ${valid_set} ${test_sets}; do
     speechllm validate-data "data/${dset}"
   done
+  if [ -n "${speed_perturb_factors}" ]; then
+    log "stage 1: speed perturbation (${speed_perturb_factors}) of data/${orig_train_set} -> data/${train_set}"
+    speechllm perturb-speed "data/${orig_train_set}" "data/${train_set}" --factors "${speed_perturb_factors}"
+    speechllm validate-data "data/${train_set}"
+  fi
 fi
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then

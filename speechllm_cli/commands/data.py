@@ -1,5 +1,5 @@
 """Stage 1, data preparation: ``make-mini-corpus``, ``prepare-covost2``, ``validate-data``, ``fix-data``,
-``split-data``.
+``split-data``, ``perturb-speed``.
 
 Usage:
     speechllm make-mini-corpus downloads/mini
@@ -7,6 +7,7 @@ Usage:
     speechllm validate-data data/train data/dev
     speechllm fix-data my_corpus/train && speechllm validate-data my_corpus/train     # a corpus of your own
     speechllm split-data data/train 4                        # data/train/split4/{1..4} for your own scheduler
+    speechllm perturb-speed data/train data/train_sp --factors "0.9 1.0 1.1"   # 3 copies, ids sp0.9-..., sp1.1-...
 """
 
 from __future__ import annotations
@@ -97,9 +98,26 @@ def split_data_cmd(
     logger.info("wrote %s", ", ".join(str(p) for p in parts))
 
 
+def perturb_speed_cmd(
+    data_dir: Path = typer.Argument(..., help="Kaldi data dir to perturb (a training set)."),
+    out_dir: Path = typer.Argument(..., help="Output data dir holding every factor's copy."),
+    factors: str = typer.Option("0.9 1.0 1.1", help="Speed factors, space separated; 1.0 keeps the original ids."),
+) -> None:
+    """Speed perturbation as Kaldi's perturb_data_dir_speed.sh: one data dir with a copy per factor (ids
+    sp<f>-<id>, audio through `sox ... speed <f> |`, segments and utt2dur divided by f). Needs sox."""
+    from speechllm_cli.data.kaldi_dir import DataDirError
+    from speechllm_cli.data.perturb import PerturbError, parse_factors, perturb_speed
+
+    try:
+        perturb_speed(data_dir, out_dir, parse_factors(factors))
+    except (DataDirError, PerturbError) as exc:
+        fail(str(exc))
+
+
 def register(app: typer.Typer) -> None:
     app.command("make-mini-corpus")(make_mini_corpus_cmd)
     app.command("prepare-covost2")(prepare_covost2_cmd)
     app.command("validate-data")(validate_data_cmd)
     app.command("fix-data")(fix_data_cmd)
     app.command("split-data")(split_data_cmd)
+    app.command("perturb-speed")(perturb_speed_cmd)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from speechllm_cli.features.augment import AugmentConfig
 from speechllm_cli.utils.config import ConfigError
 
 
@@ -45,6 +46,7 @@ class TrainConfig:
     best_metric: str = "loss"  # validation metric that picks the best epoch
     best_mode: Literal["min", "max"] = "min"
     log_interval: int = 20  # optimiser steps between train.log lines
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)  # noise / reverberation on the fly
 
     def __post_init__(self):
         positive = ("batch_frames", "max_batch_size", "bucket_size", "epochs", "accum_grad", "log_interval",

@@ -143,7 +143,8 @@ def train_ctc(
     tokenizer = Tokenizer.load(config.tokenizer)
     config.model = dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size)
     config.data = DataPaths(train=str(train_dir), valid=str(valid_dir))
-    train_set = DumpDataset(train_dir, require=(config.target_table,))
+    train_set = DumpDataset(train_dir, require=(config.target_table,), augment=config.train.augment,
+                            seed=config.train.seed)
     valid_set = DumpDataset(valid_dir, require=(config.target_table,))
     expected_feats = ("whisper_mel" if config.model.encoder == "whisper" else "fbank", config.model.input_dim)
     for dump_dir in (train_dir, valid_dir):

@@ -77,8 +77,13 @@ class DumpDataset:
     of ``feats.scp`` must appear in ``utt2num_frames`` and in each text table read.
     """
 
-    def __init__(self, dump_dir: str | os.PathLike, require: Sequence[str] = ()):
+    def __init__(self, dump_dir: str | os.PathLike, require: Sequence[str] = (), augment=None, seed: int = 0):
+        """``augment``: an AugmentConfig (features/augment.py); when it is enabled, each example's features are
+        computed from the dump's ``wav.scp`` (and ``segments``) after noise / reverberation drawn from (``seed``,
+        the epoch of ``set_epoch``, utterance id), instead of read from ``feats.scp``."""
         self.dump_dir = Path(dump_dir)
+        self.augment = augment if augment is not None and augment.enabled else None
+        self.seed, self.epoch = seed, 0
         if not self.dump_dir.is_dir():
             raise DumpDirError(f"{self.dump_dir}: dump dir not found: run `speechllm fbank` (stage 2)")
         feats_scp = require_file(self.dump_dir / "feats.scp")
@@ -102,6 +107,35 @@ class DumpDataset:
         except ValueError as exc:
             raise DumpDirError(f"{self.dump_dir / 'utt2num_frames'}: {exc}; expected `utt-id <int>` lines") from exc
         self._reader = None  # opened lazily, per process (DataLoader workers)
+        self._audio = self._audio_source() if self.augment else None
+
+    def _audio_source(self) -> tuple[dict[str, str], dict[str, str], object]:
+        """wav.scp, segments and the feature extractor of the dump's feats_type, for on-the-fly augmentation."""
+        from speechllm_cli.features.fbank import feats_config, make_extractor
+        from speechllm_cli.features.feats_type import read_feats_type
+
+        if not (self.dump_dir / "wav.scp").is_file():
+            raise DumpDirError(f"{self.dump_dir / 'wav.scp'} missing: train.augment computes features from the "
+                               "audio; rerun `speechllm fbank` (stage 2), which copies wav.scp into the dump")
+        segments = read_table(self.dump_dir / "segments") if (self.dump_dir / "segments").is_file() else {}
+        return read_table(self.dump_dir / "wav.scp"), segments, make_extractor(feats_config(*read_feats_type(
+            self.dump_dir)))
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentation draws __getitem__ makes (the training loop sets it before each epoch)."""
+        self.epoch = epoch
+
+    def _augmented_feats(self, utt: str) -> np.ndarray:
+        from speechllm_cli.features.audio import load_audio
+        from speechllm_cli.features.augment import augment, utterance_rng
+
+        wav_scp, segments, extractor = self._audio
+        if utt in segments:
+            recording, start, end = segments[utt].split()
+            samples = load_audio(wav_scp[recording], start=float(start), end=float(end))
+        else:
+            samples = load_audio(wav_scp[utt])
+        return extractor(augment(samples, self.augment, utterance_rng(self.seed, self.epoch, utt)))
 
     def __len__(self) -> int:
         return len(self.utt_ids)
@@ -125,6 +159,9 @@ class DumpDataset:
 
     def __getitem__(self, index: int) -> dict:
         item = self.meta(index)
+        if self.augment is not None:
+            item["feats"] = self._augmented_feats(item["utt_id"])  # (T, D), as stage 2 computes it
+            return item
         if self._reader is None:
             self._reader = FeatsReader(self.dump_dir / "feats.scp", entries=self.feats_scp)
         feats = self._reader[item["utt_id"]]  # FeatsReadError names the utterance, ark, offset and fix

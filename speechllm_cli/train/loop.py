@@ -220,6 +220,8 @@ class Trainer:
 
     def train_epoch(self) -> None:
         cfg, env = self.config, self.env
+        if hasattr(self.train_set, "set_epoch"):  # on-the-fly augmentation draws per (seed, epoch, utterance)
+            self.train_set.set_epoch(self.epoch)
         batches = self.sampler.shard(self.sampler.batches(self.epoch))
         if self.batch_pos == 0:
             logger.info("epoch %d: %d batches per rank, padding %.1f%%", self.epoch, len(batches),

@@ -119,7 +119,8 @@ def train_seq2seq(
     config.model = dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size + 1)  # + <sos/eos>
     config.data = DataPaths(train=str(train_dir), valid=str(valid_dir))
     cmvn_stats = read_cmvn_stats(require_file(Path(train_dir) / "cmvn.ark"))
-    train_set = DumpDataset(train_dir, require=(config.target_table,))
+    train_set = DumpDataset(train_dir, require=(config.target_table,), augment=config.train.augment,
+                            seed=config.train.seed)
     valid_set = DumpDataset(valid_dir, require=(config.target_table,))
     check_input_dim(config_path, config.model.input_dim, train_set, cmvn_stats)
     task = Seq2SeqTask(config, tokenizer, cmvn_stats)

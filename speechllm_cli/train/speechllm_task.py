@@ -178,7 +178,7 @@ def train_speechllm(
 
     exp = load_experiment(config_path, overrides)
     require = (exp.target, "utt2lang") if exp.task == "auto" else (exp.target,)
-    train_set = DumpDataset(train_dir, require=require)
+    train_set = DumpDataset(train_dir, require=require, augment=exp.train.augment, seed=exp.train.seed)
     valid_set = DumpDataset(valid_dir, require=require) if valid_dir else None
     task = SpeechLLMTask(exp, datasets=(train_set, valid_set))
     return Trainer(task, train_set, valid_set, exp.train, out_dir, resolved_config=exp).run(resume)

@@ -189,7 +189,7 @@ def train_whisper(
         if dump:
             check_feats_type(dump, ("whisper_mel", whisper_config.num_mel_bins), who=exp.whisper)
     require = (exp.target, "utt2lang")  # the language token is needed whatever the task
-    train_set = DumpDataset(train_dir, require=require)
+    train_set = DumpDataset(train_dir, require=require, augment=exp.train.augment, seed=exp.train.seed)
     valid_set = DumpDataset(valid_dir, require=require) if valid_dir else None
     for dataset in (train_set, valid_set):
         _drop_long_clips(dataset, whisper_config.max_source_positions * 2)
