@@ -4,7 +4,7 @@ The subcommands live in speechllm_cli/commands/, one module per stage, each regi
 
     commands/data.py      (stage 1)    make-mini-corpus, prepare-covost2, validate-data, fix-data, split-data,
                                        perturb-speed
-    commands/features.py  (stage 2)    fbank, compute-cmvn
+    commands/features.py  (stage 2)    fbank, compute-cmvn, add-noise
     commands/ctc.py       (stages 3-4) train-tokenizer, train-ctc, ctc-report, ctc-compress
     commands/families.py  (audio tokens, text inputs) train-kmeans, units, text-input
     commands/llm.py       (stage 5)    export-llm, export-whisper, init-llm, train, export-gguf

@@ -109,3 +109,43 @@ def test_augmentation_needs_the_dumps_audio(corpus, tmp_path):
     with pytest.raises(FileNotFoundError, match="wav.scp"):
         DumpDataset(dump, augment=AugmentConfig(noise_prob=0.5))
     DumpDataset(dump)  # without augmentation the features suffice
+
+
+def test_a_noisy_copy_of_a_test_set_keeps_ids_and_references(corpus, tmp_path, caplog):
+    """`speechllm add-noise` on a real data dir (one unreadable file): the same utterances and texts, degraded audio
+    at the asked SNR range, reproducible, resumable, the bad file skipped and listed."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from speechllm_cli.cli import app
+    from speechllm_cli.data.kaldi_dir import read_table, validate_data_dir
+    from speechllm_cli.features.audio import load_audio
+
+    source = tmp_path / "test"
+    source.mkdir()
+    wavs = read_table(corpus["dev"] / "wav.scp")
+    wavs["spkxx-broken"] = str(tmp_path / "missing.wav")
+    tables = {"wav.scp": wavs, "text": {**read_table(corpus["dev"] / "text"), "spkxx-broken": "nothing"},
+              "utt2spk": {**read_table(corpus["dev"] / "utt2spk"), "spkxx-broken": "spkxx"}}
+    for name, table in tables.items():
+        (source / name).write_text("".join(f"{u} {v}\n" for u, v in sorted(table.items())), encoding="utf-8")
+    argv = ["add-noise", str(source), str(tmp_path / "noisy"), "--snr", "10", "--reverb-prob", "0"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    noisy = tmp_path / "noisy"
+    validate_data_dir(noisy)
+    assert read_table(noisy / "text") == read_table(corpus["dev"] / "text")
+    assert "spkxx-broken" in (noisy / "skipped").read_text() and "1 utterance(s) skipped" in caplog.text
+    utt = sorted(read_table(noisy / "wav.scp"))[0]
+    clean, degraded = load_audio(wavs[utt]), load_audio(read_table(noisy / "wav.scp")[utt])
+    assert clean.shape == degraded.shape
+    snr = 10 * np.log10(np.mean(clean.astype(np.float64) ** 2) / np.mean((degraded - clean).astype(np.float64) ** 2))
+    assert snr == pytest.approx(10.0, abs=0.3)  # 16-bit FLAC rounding aside
+    first = (noisy / "audio" / f"{utt}.flac").read_bytes()
+    record = yaml.safe_load((noisy / "noisy_copy.yaml").read_text())
+    assert record["utterances"] == len(read_table(corpus["dev"] / "text")) and record["skipped"] == 1
+    (noisy / "audio" / f"{utt}.flac").unlink()  # an interrupted copy: the rerun writes the same file again
+    assert CliRunner().invoke(app, argv).exit_code == 0
+    assert (noisy / "audio" / f"{utt}.flac").read_bytes() == first
+    result = CliRunner().invoke(app, ["add-noise", str(source), str(tmp_path / "x"), "--snr", "loud"])
+    assert result.exit_code != 0 and "--snr takes one or two numbers" in caplog.text

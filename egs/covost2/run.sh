@@ -7,6 +7,7 @@
 #   ./run.sh --stage 2 --stop-stage 2 --nj 4  # features only
 #   ./run.sh --src-langs "de fr es ca"        # with real CoVoST2 paths in db.sh
 #   ./run.sh --speed-perturb-factors "0.9 1.0 1.1"   # train on 3 speed-perturbed copies (data/train_sp)
+#   ./run.sh --noisy-snr "5 15"               # also decode a noisy, reverberant copy of the test set (test_noisy)
 set -euo pipefail
 
 log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"; }
@@ -23,6 +24,8 @@ valid_set=dev
 test_sets=test
 speed_perturb_factors=""  # "" = off; e.g. "0.9 1.0 1.1": stage 1 writes data/<train_set>_sp (a copy per factor,
                           # as Kaldi's perturb_data_dir_speed.sh; needs sox) and later stages train on it
+noisy_snr=""          # "" = off; e.g. "5 15": stage 1 also writes data/<test set>_noisy (noise at an SNR drawn in that
+                      # range, a synthetic room's reverberation for half; speechllm add-noise) and stages 2, 6, 7 add it
 model_type=speech_llm # speech_llm (Speech-LLaMA), seq2seq (the encoder-decoder baseline, from scratch),
                       # decoder_only (the same front-end feeding a small LLaMA trained from scratch) or whisper
                       # (the pretrained Whisper fine-tuned on the train set, conf/train_whisper.yaml)
@@ -50,7 +53,7 @@ nbest=0               # also write nbest.txt with this many hypotheses (for `spe
 help_message=$(cat <<HELP
 Usage: $0 [--stage N] [--stop-stage M] [--nj J] [--src-langs "de fr"] [--norm tc|lc.rm]
        [--model-type speech_llm|seq2seq|decoder_only|whisper] [--frontend whisper|fbank] [--llm DIR_OR_GGUF]
-       [--speed-perturb-factors "0.9 1.0 1.1"] [--train-args "..."] [--decode-args "..."]
+       [--speed-perturb-factors "0.9 1.0 1.1"] [--noisy-snr "5 15"] [--train-args "..."] [--decode-args "..."]
 Stages: 1 data preparation (and --speed-perturb-factors: the train set's copies in data/<train_set>_sp), 2 features
         (Whisper log-mel, or fbank + CMVN), 3 tokenizer (CTC source units; seq2seq: target units), 4 Whisper export
         and CTC compressor, 5 training, 6 decoding, 7 scoring and the results table.
@@ -84,6 +87,10 @@ esac
 
 orig_train_set=${train_set}   # what stage 1 prepares; the stages after it train on train_set
 [ -n "${speed_perturb_factors}" ] && train_set=${train_set}_sp
+orig_test_sets=${test_sets}   # what stage 1 prepares; with --noisy-snr each has a noisy copy decoded beside it
+if [ -n "${noisy_snr}" ]; then
+  for dset in ${orig_test_sets}; do test_sets="${test_sets} ${dset}_noisy"; done
+fi
 
 if [ -z "$COMMONVOICE" ]; then
   corpus=downloads/mini
@@ -100,9 +107,15 @@ if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
   fi
   speechllm prepare-covost2 --cv-root "${COMMONVOICE}" --covost-dir "${COVOST2}" \
     --src-langs "${src_langs}" --norm "${norm}" --out data
-  for dset in ${orig_train_set} ${valid_set} ${test_sets}; do
+  for dset in ${orig_train_set} ${valid_set} ${orig_test_sets}; do
     speechllm validate-data "data/${dset}"
   done
+  if [ -n "${noisy_snr}" ]; then
+    for dset in ${orig_test_sets}; do
+      log "stage 1: a noisy, reverberant copy of data/${dset} (SNR ${noisy_snr} dB) -> data/${dset}_noisy"
+      speechllm add-noise "data/${dset}" "data/${dset}_noisy" --snr "${noisy_snr}" --reverb-prob 0.5 --seed 1
+    done
+  fi
   if [ -n "${speed_perturb_factors}" ]; then
     log "stage 1: speed perturbation (${speed_perturb_factors}) of data/${orig_train_set} -> data/${train_set}"
     speechllm perturb-speed "data/${orig_train_set}" "data/${train_set}" --factors "${speed_perturb_factors}"

@@ -1,10 +1,11 @@
 """Stage 2, features: ``fbank`` (80-dim Kaldi fbank, or Whisper's log-mel with ``--type whisper_mel``; ``--nj``
-jobs) and ``compute-cmvn`` (global CMVN on train).
+jobs) and ``compute-cmvn`` (global CMVN on train); ``add-noise``: a noisy, reverberant copy of a test set.
 
 Usage:
     speechllm fbank data/train dump/train --nj 2 --cmd run.pl
     speechllm fbank data/train dump/whisper_mel/train --type whisper_mel --num-mel-bins 80 --nj 2
     speechllm compute-cmvn dump/train
+    speechllm add-noise data/test data/test_noisy --snr "5 15" --reverb-prob 0.5
 """
 
 from __future__ import annotations
@@ -63,6 +64,38 @@ def compute_cmvn_cmd(
         fail(str(exc))
 
 
+def add_noise_cmd(
+    data_dir: Path = typer.Argument(..., help="Kaldi data dir to copy, e.g. data/test."),
+    out_dir: Path = typer.Argument(..., help="The noisy copy, e.g. data/test_noisy."),
+    snr: str = typer.Option("5 15", help="SNR range in dB, 'LOW HIGH' (one value: fixed)."),
+    noise_prob: float = typer.Option(1.0, help="Share of utterances that get noise."),
+    reverb_prob: float = typer.Option(0.5, help="Share of utterances that get a synthetic room's reverberation."),
+    rt60: str = typer.Option("0.2 0.8", help="Reverberation time range in seconds, 'LOW HIGH'."),
+    seed: int = typer.Option(1, help="Seed of every draw (one per utterance)."),
+) -> None:
+    """Write a noisy, reverberant copy of a data dir (same ids and references; 16 kHz FLAC) to test robustness."""
+    from speechllm_cli.features.augment import AugmentConfig
+    from speechllm_cli.features.noisy_copy import write_noisy_copy
+    from speechllm_cli.utils.config import ConfigError
+
+    def value_range(text: str, name: str) -> tuple[float, float]:
+        try:
+            values = [float(v) for v in text.replace(",", " ").split()]
+        except ValueError:
+            values = []
+        if len(values) not in (1, 2):
+            fail(f"--{name} takes one or two numbers ('LOW HIGH'), got {text!r}")
+        return values[0], values[-1]
+
+    try:
+        config = AugmentConfig(noise_prob=noise_prob, snr_db=value_range(snr, "snr"), reverb_prob=reverb_prob,
+                               rt60=value_range(rt60, "rt60"))
+        write_noisy_copy(data_dir, out_dir, config, seed=seed)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+
+
 def register(app: typer.Typer) -> None:
     app.command("fbank")(fbank_cmd)
     app.command("compute-cmvn")(compute_cmvn_cmd)
+    app.command("add-noise")(add_noise_cmd)
