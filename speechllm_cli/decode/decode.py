@@ -12,8 +12,9 @@ Python::
     decode("exp/seq2seq/model", "dump/test", "exp/seq2seq/decode_test", beam=4, ctc_weight=0.3, nj=2)
     decode("exp/seq2seq/model", "dump/test", "exp/seq2seq/decode_test", DecodeOptions(beam=4), DecodeRun(nj=2))
 
-The model dir's ``model.yaml`` says its type (speech_llm, decoder_only, seq2seq: the encoder-decoder baseline, or
-whisper: an exported Whisper zero-shot or a fine-tuned one, on a ``whisper_mel`` dump);
+The model dir's ``model.yaml`` says its type (speech_llm, decoder_only, seq2seq: the encoder-decoder baseline,
+whisper: an exported Whisper zero-shot or a fine-tuned one, on a ``whisper_mel`` dump, or text_llm: an LLM reading
+a text dir's ``input`` table, made by ``speechllm text-input``, whose ``copy_langs`` utterances are copied through);
 :func:`load_decode_model` turns any of them into a :class:`DecodeModel` (scorer, search input, end tokens, text), so
 the rest is the same for all.
 For a speech-LLM the task of an utterance is recognition (ASR) when its ``utt2lang`` is an ASR language
