@@ -223,3 +223,25 @@ def test_unit_llm_decodes_alike_in_llamacpp(setup, tmp_path):
     _invoke("decode", *common, "--out", tmp_path / "pytorch")
     _invoke("decode", *common, "--out", tmp_path / "llamacpp", "--engine", "llamacpp")
     assert (tmp_path / "llamacpp" / "hyp.txt").read_text() == (tmp_path / "pytorch" / "hyp.txt").read_text()
+
+
+def test_the_recipes_family_configs_load_and_its_script_parses():
+    import subprocess
+    from pathlib import Path
+
+    from speechllm_cli.score.families import read_systems
+    from speechllm_cli.train.speechllm_task import load_experiment as speech_llm_experiment
+    from speechllm_cli.train.text_llm_task import load_experiment as text_llm_experiment
+
+    recipe = Path(__file__).resolve().parents[1] / "egs" / "covost2"
+    units = speech_llm_experiment(recipe / "conf" / "families" / "units.yaml")
+    assert units.model.frontend.type == "kmeans_units" and units.model.adapter.type == "unit_embedding"
+    assert not units.model.label_embeddings and units.model.lora.rank == 8
+    cascade = text_llm_experiment(recipe / "conf" / "families" / "cascade_mt.yaml")
+    ger = text_llm_experiment(recipe / "conf" / "families" / "ger.yaml")
+    assert cascade.model.copy_langs == ["en"] and ger.model.input_format == "nbest" and ger.model.nbest == 5
+    systems = read_systems(recipe / "conf" / "families" / "systems.yaml")
+    assert {s.family for s in systems} >= {"latent representation", "text-based", "audio-token"}
+    assert all("{set}" in s.decode for s in systems)
+    for script in ("run.sh", "local/run_families.sh"):
+        assert subprocess.run(["bash", "-n", str(recipe / script)]).returncode == 0, script
