@@ -186,6 +186,10 @@ def test_generative_error_correction_reads_an_nbest_list(setup, tmp_path, caplog
     result = CliRunner().invoke(app, ["decode", "--model", str(exp), "--data", str(corpus["dev"]), "--out",
                                       str(tmp_path / "x")])
     assert result.exit_code != 0 and "speechllm text-input" in caplog.text  # a dump dir has no input table
+    from speechllm_cli import SpeechModel
+
+    with pytest.raises(ValueError, match="reads text, not audio"):
+        SpeechModel.load(exp)
 
 
 def _check_families_table(setup, cascade_decode, cascade_exp, tmp_path):

@@ -44,6 +44,7 @@ from speechllm_cli.decode.options import DecodeOptions
 from speechllm_cli.features.audio import TARGET_RATE, AudioError, resample
 from speechllm_cli.features.fbank import feats_config, make_extractor
 from speechllm_cli.infer.audio_input import InputAudio, load_input, segment_at_pauses
+from speechllm_cli.models.model_dir import read_model_record
 
 DECODE_CONFIG = "decode.yaml"  # in a package (or an experiment's decode dir): the decode options
 INFER_CONFIG = "infer.yaml"  # in a package: max_seconds, the longest utterance the model was trained on
@@ -151,6 +152,10 @@ class SpeechModel:
         """Load an experiment dir, a model dir or a package; ``options`` override DecodeOptions fields (``beam=4``).
         ``max_seconds``: split longer recordings at pauses (default: :func:`model_max_seconds`)."""
         model_dir = resolve_model_dir(model)
+        if read_model_record(model_dir)["model_type"] == "text_llm":
+            raise ValueError(f"{model_dir} is a text LLM (a cascade's translation step or an error corrector): it "
+                             "reads text, not audio; run it with `speechllm decode` on a text dir (`speechllm "
+                             "text-input`), after the speech system it follows")
         decode_options = dataclasses.replace(model_decode_options(model_dir), engine=engine, **options)
         if engine == "llamacpp":
             from speechllm_cli.models.gguf_export import gguf_for_decoding
