@@ -61,7 +61,8 @@ def text_input_cmd(
     from_table: str = typer.Option(None, help="The input is this table of --data, e.g. text.src (to train)."),
     from_decode: list[Path] = typer.Option(None, help="The input is this decode dir's output (repeatable: k-fold "
                                            "decodes of disjoint parts), e.g. exp/whisper_asr/decode_test."),
-    nbest: int = typer.Option(0, help="Read the decode dirs' n-best lists, the first N hypotheses (0: the 1-best)."),
+    nbest: int = typer.Option(0, help="Read the decode dirs' n-best lists: the first N distinct hypotheses (0: the "
+                              "1-best)."),
 ) -> None:
     """Write a text dir (an input table + the data's text tables) for a text LLM: a cascade's translation step or
     generative error correction."""

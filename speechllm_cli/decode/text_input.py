@@ -16,7 +16,8 @@ tables (``text``, ``text.src``, ``utt2lang``, ``utt2spk``, ``spk2utt``, ``utt2du
 tasks, speakers and the audio duration that decoding reports its real-time factor against). The input comes from a
 table of the data dir (``text.src``: the gold transcript, to train a cascade's translation step), from the 1-best
 ``hyp.txt`` of decode dirs (a cascade's ASR output at test time) or from their ``nbest.txt`` (``--nbest N``: the
-first N hypotheses joined by `` ||| ``, for generative error correction). Several decode dirs are merged (k-fold
+first N distinct hypotheses joined by `` ||| ``, for generative error correction: beam search can give one text
+under several tokenizations). Several decode dirs are merged (k-fold
 n-best lists); an utterance of the data dir that none of them decoded is an error naming it, so a text dir never
 silently loses part of a set.
 """
@@ -39,6 +40,11 @@ COPIED_TABLES = ("text", "text.src", "utt2lang", "utt2spk", "utt2dur", "utt2num_
 SOURCE_FILE = "text_input.yaml"  # where the input came from (recorded in the text dir)
 
 
+def _distinct(texts: list[str]) -> list[str]:
+    """``texts`` without repeats, in order (beam search yields one text under several tokenizations)."""
+    return list(dict.fromkeys(texts))
+
+
 def _decoded_inputs(decode_dirs: list[Path], nbest: int) -> dict[str, str]:
     inputs: dict[str, str] = {}
     for decode_dir in decode_dirs:
@@ -47,7 +53,8 @@ def _decoded_inputs(decode_dirs: list[Path], nbest: int) -> dict[str, str]:
             if not path.is_file():
                 raise FileNotFoundError(f"{path} not found: decode with --nbest {nbest} (and --beam >= {nbest})")
             lists = read_nbest(path)
-            found = {utt: NBEST_SEPARATOR.join(h["text"] for h in hyps[:nbest]) for utt, hyps in lists.items()}
+            found = {utt: NBEST_SEPARATOR.join(_distinct([h["text"] for h in hyps])[:nbest])
+                     for utt, hyps in lists.items()}
         else:
             path = decode_dir / "hyp.txt"
             if not path.is_file():
