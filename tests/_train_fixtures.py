@@ -52,16 +52,18 @@ def write_dump(dump_dir: Path, utts: list[tuple[str, str, str, np.ndarray]], wav
 def build_corpus(root: Path) -> dict[str, Path]:
     """``root/dump/{train,dev}`` (12 + 4 utterances, their wavs in ``root/wav`` and wav.scp, cmvn.ark in train) and
     ``root/token_list/bpe``. The features are those stage 2 computes from the wav files."""
-    from speechllm_cli.features.audio import load_audio
+    import soundfile
 
     sets: dict[str, list] = {"train": [], "dev": []}
     wavs = {}
     for lang, voice in (("en", "en"), ("de", "de")):
         for i, text in enumerate(SENTENCES[lang]):
             utt = f"spk{lang}-{lang}{i:03d}"
+            samples = synth_speech(text, voice, root / "utt.wav", sample_rate=16000)
             wavs[utt] = root / "wav" / f"{utt}.wav"
-            synth_speech(text, voice, wavs[utt], sample_rate=16000)
-            feats = FbankExtractor()(load_audio(str(wavs[utt])))
+            wavs[utt].parent.mkdir(exist_ok=True)
+            soundfile.write(wavs[utt], samples, 16000, subtype="FLOAT")  # read back as exactly these samples
+            feats = FbankExtractor()(samples)
             sets["train" if i < TRAIN_PER_LANG else "dev"].append((utt, lang, text, feats))
     paths = {}
     for name, utts in sets.items():
