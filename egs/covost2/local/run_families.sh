@@ -10,6 +10,8 @@
 #                             lists come from 2-fold models (each half's speakers decoded by the other half's model)
 #   audio-token            5. 500 k-means units of Whisper base's encoder, runs collapsed -> 500 new LLM token rows +
 #                             LoRA 8 (conf/families/units.yaml)
+#                          6. the same on the CTC compressor's encoder (Whisper + 2 layers trained with CTC on the
+#                             source transcripts, exp/ctc_whisper): units that are closer to phones
 # Each stage reuses what is done (trained models, finished decodes). About 2 h on 2 CPU cores after `make demo`.
 #   local/run_families.sh                          # embedded corpus, after `make demo`
 #   local/run_families.sh --stage 3 --stop-stage 3 --nj 4
@@ -115,17 +117,26 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
 fi
 
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
-  log "stage 4: audio-token: ${num_units} k-means units of ${whisper}'s encoder -> new LLM token rows + LoRA 8"
-  km=exp/kmeans_whisper${num_units}
-  [ -f "${km}/model.yaml" ] || speechllm train-kmeans --frontend whisper --frontend-dir "${whisper}" \
-    --data "${dump}/train" --num-units "${num_units}" --out "${km}"
-  for dset in ${test_sets}; do
-    speechllm units --kmeans "${km}" --data "${dump}/${dset}" --out "dump/units_whisper${num_units}/${dset}"
-  done
-  train exp/family_units --config conf/families/units.yaml --train-data "${dump}/train" --valid-data "${dump}/dev" \
-    --set model.frontend.dir="${km}" --set model.llm="${llm}"
-  for dset in ${test_sets}; do
-    decode_and_score exp/family_units "${dump}/${dset}" "exp/family_units/decode_${dset}"
+  # units of two pretrained encoders: Whisper base's (20 ms frames) and the CTC compressor's on it (stage 4 of
+  # run.sh: Whisper + 2 Transformer layers trained with CTC on the source transcripts, 40 ms frames, no compression)
+  for encoder in whisper ctc; do
+    if [ "${encoder}" = whisper ]; then
+      km=exp/kmeans_whisper${num_units}; exp_dir=exp/family_units; frontend=(--frontend whisper --frontend-dir "${whisper}")
+    else
+      km=exp/kmeans_ctc${num_units}; exp_dir=exp/family_units_ctc
+      frontend=(--frontend ctc_compressor --frontend-dir exp/ctc_whisper)
+    fi
+    log "stage 4: audio-token: ${num_units} k-means units of the ${encoder} encoder -> new LLM token rows + LoRA 8"
+    [ -f "${km}/model.yaml" ] || speechllm train-kmeans "${frontend[@]}" --data "${dump}/train" \
+      --num-units "${num_units}" --out "${km}"
+    for dset in ${test_sets}; do
+      speechllm units --kmeans "${km}" --data "${dump}/${dset}" --out "dump/units_${encoder}${num_units}/${dset}"
+    done
+    train "${exp_dir}" --config conf/families/units.yaml --train-data "${dump}/train" --valid-data "${dump}/dev" \
+      --set model.frontend.dir="${km}" --set model.llm="${llm}"
+    for dset in ${test_sets}; do
+      decode_and_score "${exp_dir}" "${dump}/${dset}" "${exp_dir}/decode_${dset}"
+    done
   done
 fi
 
