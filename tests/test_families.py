@@ -250,3 +250,33 @@ def test_the_recipes_family_configs_load_and_its_script_parses():
     assert all("{set}" in s.decode for s in systems)
     for script in ("run.sh", "local/run_families.sh"):
         assert subprocess.run(["bash", "-n", str(recipe / script)]).returncode == 0, script
+
+
+SAVE_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from pathlib import Path
+from _speech_llm_fixtures import save_speech_llm_dir
+from speechllm_cli.models.model_dir import model_fingerprint
+lora = {"rank": 2, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+print(model_fingerprint(save_speech_llm_dir(Path(sys.argv[1]), lora=lora)))
+"""
+
+
+def test_the_same_model_saved_by_two_processes_gives_the_same_files(tmp_path):
+    """PEFT writes target_modules from a set (its order follows PYTHONHASHSEED); the saved LoRA config is sorted, so
+    a resumed or repeated training does not make its decodes look out of date."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parent)
+    prints = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1"}
+        run = subprocess.run([sys.executable, "-c", SAVE_SCRIPT, str(tmp_path / "saved"), tests], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        prints.append(run.stdout.strip().splitlines()[-1])
+    assert prints[0] == prints[1]

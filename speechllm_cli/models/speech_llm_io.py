@@ -105,7 +105,7 @@ def save_speech_llm(model: SpeechLLM, out_dir: str | os.PathLike, training: dict
     with atomic_dir(out_dir) as tmp_dir:
         save_file(_audio_state(model), tmp_dir / AUDIO_NAME)
         if model.config.lora.rank > 0:
-            model.llm.save_pretrained(tmp_dir / LORA_DIR)
+            save_lora(model.llm, tmp_dir / LORA_DIR)
         if model.config.train_llm:
             llm_state = {k: p.detach().cpu().contiguous() for k, p in model.hf_llm.named_parameters()}
             save_file(llm_state, tmp_dir / LLM_WEIGHTS_NAME)
@@ -114,6 +114,21 @@ def save_speech_llm(model: SpeechLLM, out_dir: str | os.PathLike, training: dict
                            training=dict(training), extra=extra or {})
     logger.info("saved speech LLM to %s", out_dir)
     return out_dir
+
+
+def save_lora(peft_llm: nn.Module, lora_dir: Path) -> None:
+    """PEFT's ``save_pretrained``, with ``adapter_config.json``'s lists sorted: PEFT writes ``target_modules`` from a
+    set, in an order that changes from process to process, and the same model must give the same files (a decode
+    of it stays up to date: decode_io's model fingerprint)."""
+    import json
+
+    peft_llm.save_pretrained(lora_dir)
+    config_path = lora_dir / "adapter_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    for key, value in config.items():
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            config[key] = sorted(value)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _audio_state(model: SpeechLLM) -> dict:

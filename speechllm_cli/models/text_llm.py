@@ -118,7 +118,7 @@ def save_text_llm(model: TextLLM, out_dir: str | os.PathLike, training: dict | N
     """Write the LoRA adapter and model.yaml to ``out_dir`` (replaced atomically)."""
     from speechllm_cli.models.llm import llm_content_hash
     from speechllm_cli.models.model_dir import write_model_record
-    from speechllm_cli.models.speech_llm_io import resolve_llm_path
+    from speechllm_cli.models.speech_llm_io import resolve_llm_path, save_lora
     from speechllm_cli.utils.io import atomic_dir
 
     out_dir = Path(out_dir)
@@ -127,7 +127,7 @@ def save_text_llm(model: TextLLM, out_dir: str | os.PathLike, training: dict | N
     training = training if training is not None else model.training_choice
     with atomic_dir(out_dir) as tmp_dir:
         if model.config.lora.rank > 0:
-            model.llm.save_pretrained(tmp_dir / LORA_DIR)
+            save_lora(model.llm, tmp_dir / LORA_DIR)
         write_model_record(tmp_dir, MODEL_TYPE, llm={"path": str(llm_path), "hash": model.llm_hash},
                            config=model.config.to_dict(), training=dict(training))
     logger.info("saved text LLM to %s", out_dir)
