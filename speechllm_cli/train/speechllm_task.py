@@ -139,10 +139,14 @@ class SpeechLLMTask(Task):
     def load_trainable_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         unwrap(model).load_trainable_state_dict(state)
 
+    def training_choice(self) -> dict:
+        """What a saved model records of its training (decoding's defaults): task, asr_langs, target."""
+        return {"task": self.config.task, "asr_langs": list(self.config.asr_langs), "target": self.config.target}
+
     def save_model(self, model: nn.Module, state: dict[str, torch.Tensor], out_dir: Path, name: str) -> Path:
         self.load_trainable_state_dict(model, state)
-        training = {"task": self.config.task, "asr_langs": list(self.config.asr_langs), "target": self.config.target}
-        return save_speech_llm(unwrap(model), Path(out_dir) / name, training=training, model_type=self.model_type)
+        return save_speech_llm(unwrap(model), Path(out_dir) / name, training=self.training_choice(),
+                               model_type=self.model_type)
 
 
 def load_experiment(config_path: str | os.PathLike, overrides: dict | None = None) -> SpeechLLMExperiment:

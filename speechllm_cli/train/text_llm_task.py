@@ -165,8 +165,7 @@ class TextLLMTask(SpeechLLMTask):
 
     def save_model(self, model: nn.Module, state: dict[str, torch.Tensor], out_dir: Path, name: str) -> Path:
         self.load_trainable_state_dict(model, state)
-        training = {"task": self.config.task, "asr_langs": list(self.config.asr_langs), "target": self.config.target}
-        return save_text_llm(unwrap(model), Path(out_dir) / name, training=training)
+        return save_text_llm(unwrap(model), Path(out_dir) / name, training=self.training_choice())
 
 
 def load_experiment(config_path: str | os.PathLike, overrides: dict | None = None) -> TextLLMExperiment:
