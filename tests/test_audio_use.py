@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 
 from speechllm_cli.cli import app
 from speechllm_cli.models.audio_use import (
+    NOT_LISTENING_GAP,
     audio_dependence,
+    listening_warnings,
     mean_pairwise_cosine,
     relative_gap,
     shared_energy,
@@ -52,6 +54,14 @@ def test_label_table_starts_as_the_llm_embeddings_of_each_piece(tmp_path):
     out = model.frontend(feats, lens, with_posteriors=True)
     embeds, _ = model.encode_audio(feats, lens)
     assert torch.allclose(embeds[0], out.posteriors[0] @ table, atol=1e-6)
+
+
+def test_listening_warnings():
+    deaf = {"loss": 1.5, "loss_rolled": 1.502, "audio_gap": 0.0013, "audio_cosine": 0.9995}
+    (warning,) = listening_warnings(deaf)
+    assert "audio_gap 0.0013" in warning and "audio_cosine 0.9995" in warning and "train.lr" in warning
+    assert listening_warnings({**deaf, "audio_gap": 0.35}) == []
+    assert listening_warnings({"loss": 1.0, "acc": 0.5}) == []  # a task without the audio diagnostics
 
 
 def test_label_table_size_mismatch_is_an_error():
@@ -93,7 +103,7 @@ def corpus(tmp_path_factory):
 
 
 @pytest.mark.parametrize("label_embeddings", [False, True])
-def test_overfitting_a_few_utterances_needs_their_audio(corpus, tmp_path, label_embeddings):
+def test_overfitting_a_few_utterances_needs_their_audio(corpus, tmp_path, label_embeddings, caplog):
     """Trained to tell 12 utterances apart, the model's loss with each utterance's own audio falls far below its loss
     with another utterance's: a change that cuts or blurs the audio path makes the two equal and fails here.
     (With a frozen random LLaMA and rank-2 LoRA this tiny model learns one constant soft prompt instead, as
@@ -115,9 +125,13 @@ def test_overfitting_a_few_utterances_needs_their_audio(corpus, tmp_path, label_
     config_path = tmp_path / "overfit.yaml"
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     out = tmp_path / "exp"
-    train_speechllm(config_path, train_dir, train_dir, out)  # validating on the training set itself
+    with caplog.at_level("WARNING", logger="speechllm_cli.train.loop"):
+        train_speechllm(config_path, train_dir, train_dir, out)  # validating on the training set itself
 
     history = json.loads((out / "history.json").read_text())["history"]
+    deaf_epochs = [e["epoch"] for e in history if e["valid"]["audio_gap"] < NOT_LISTENING_GAP]
+    warned = [int(r.getMessage().split(":")[0].split()[1]) for r in caplog.records if "barely uses" in r.getMessage()]
+    assert warned == deaf_epochs  # the loop says so at each epoch the model does not listen, and only then
     first, last = history[0]["valid"], history[-1]["valid"]
     assert last["loss"] < 0.5 * last["loss_rolled"], last
     assert last["audio_gap"] > 0.5 and last["audio_gap"] > first["audio_gap"] + 0.3

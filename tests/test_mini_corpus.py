@@ -4,8 +4,13 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
+import shutil
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import soundfile
@@ -17,7 +22,14 @@ from speechllm_cli.data.mini_corpus import generate_pairs, grammar_de, grammar_e
 from speechllm_cli.data.mini_corpus.build import plan_language
 from speechllm_cli.data.mini_corpus.frames import ANIMAL, NOUN_CLASS, Clause, Frame, NounPhrase
 from speechllm_cli.data.mini_corpus.grammar import LANGS
-from speechllm_cli.data.mini_corpus.speakers import choose_speakers
+from speechllm_cli.data.mini_corpus.speakers import (
+    VOICE_SETS,
+    WIDE_FEMALE_VARIANTS,
+    WIDE_MALE_VARIANTS,
+    WIDE_PITCHES,
+    WIDE_RATES,
+    choose_speakers,
+)
 
 N = 400  # pairs per language for the invariant checks (well under a second)
 
@@ -146,6 +158,49 @@ def test_speakers_disjoint_and_stable():
     assert choose_speakers("fr", {"train": 12, "dev": 3, "test": 3}, seed=0) == speakers
 
 
+def test_wide_voices_change_train_speakers_only():
+    classic = choose_speakers("es", {"train": 12, "dev": 3, "test": 3}, seed=0)
+    wide = choose_speakers("es", {"train": 60, "dev": 3, "test": 3}, seed=0, voices="wide")
+    assert wide["dev"] == classic["dev"] and wide["test"] == classic["test"]
+    variant = {split: {s.voice.split("+")[1] for s in spk} for split, spk in wide.items()}
+    assert len(wide["train"]) == len(set(wide["train"])) == 60 and len(variant["train"]) == 60  # a voice each
+    assert not variant["train"] & (variant["dev"] | variant["test"])  # test voices never heard in training
+    assert variant["train"] <= set(WIDE_MALE_VARIANTS + WIDE_FEMALE_VARIANTS)
+    assert {s.voice.split("+")[0] for s in wide["train"]} == {"es", "es-419"}  # both accents
+    rates, pitches = [s.rate for s in wide["train"]], [s.pitch for s in wide["train"]]
+    assert WIDE_RATES[0] <= min(rates) and max(rates) <= WIDE_RATES[1] and len(set(rates)) > 20
+    assert WIDE_PITCHES[0] <= min(pitches) and max(pitches) <= WIDE_PITCHES[1] and len(set(pitches)) > 20
+    assert {s.gender for s in wide["train"]} == {"male", "female"}
+    assert choose_speakers("es", {"train": 60, "dev": 3, "test": 3}, seed=0, voices="wide") == wide
+    with pytest.raises(ValueError, match="unknown voice set 'loud'"):
+        choose_speakers("es", {"train": 1}, voices="loud")
+
+
+def test_wide_plan_keeps_sentences_dev_and_test():
+    classic, wide = plan_language("fr", seed=0), plan_language("fr", seed=0, voices="wide")
+    held_out = {c.name: c for c in classic if c.split != "train"}
+    assert {c.name: c for c in wide if c.split != "train"} == held_out  # the same clips: comparable results
+    assert sorted(c.sentence for c in wide) == sorted(c.sentence for c in classic)
+    train_speakers = {c.speaker for c in wide if c.split == "train"}
+    assert len(train_speakers) == 60 and not train_speakers & {c.speaker for c in held_out.values()}
+    assert VOICE_SETS == ("classic", "wide")
+
+
+@requires_espeak
+def test_every_wide_variant_is_a_distinct_espeak_voice():
+    """espeak-ng falls back silently to the base voice for an unknown variant: each listed one must sound
+    different from the base voice and from every other."""
+    import hashlib
+
+    def sound(voice):
+        out = subprocess.run(["espeak-ng", "-v", voice, "--stdout", "hallo welt"], capture_output=True, check=True)
+        return hashlib.sha256(out.stdout).hexdigest()
+
+    variants = WIDE_MALE_VARIANTS + WIDE_FEMALE_VARIANTS
+    sounds = {sound(f"de+{v}") for v in variants}
+    assert len(sounds) == len(variants) and sound("de") not in sounds
+
+
 def test_default_plan_has_train_covost_rows():
     clips = plan_language("de", size=1.0, seed=0)
     labels = defaultdict(int)
@@ -224,3 +279,30 @@ def test_tiny_build_feeds_covost2_preparation(tiny, tmp_path):
     train = DataDir.load(tmp_path / "data" / "train_es")
     assert all(not t.startswith("¿") for t in train.tables["text"].values())  # English targets
     assert set(train.tables["utt2lang"].values()) == {"es"}
+
+
+@requires_espeak
+def test_recipe_stage1_wide_voices_then_speed_perturbation(tmp_path):
+    """run.sh stage 1 with --mini-voices wide and --speed-perturb-factors: the train set of the wide corpus,
+    perturbed, beside the classic dev and test sets; every data dir passes validate-data inside the stage."""
+    recipe = Path(__file__).resolve().parents[1] / "egs" / "covost2"
+    work = tmp_path / "egs" / "covost2"
+    work.mkdir(parents=True)
+    for name in ("run.sh", "path.sh", "db.sh", "cmd.sh"):
+        shutil.copy(recipe / name, work / name)
+    shutil.copytree(recipe / "utils", work / "utils")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "COMMONVOICE": "",
+           "COVOST2": ""}
+    proc = subprocess.run(["bash", "run.sh", "--stage", "1", "--stop-stage", "1", "--mini-size", "0.02",
+                           "--src-langs", "de en", "--mini-voices", "wide", "--speed-perturb-factors", "0.9 1.0"],
+                          cwd=work, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = work / "data"
+    assert not (data / "mini_wide").exists()
+    wide, perturbed = DataDir.load(data / "train_wide"), DataDir.load(data / "train_wide_sp")
+    test_spk = set(DataDir.load(data / "test").utt2spk.values())
+    wide_spk = set(wide.utt2spk.values())
+    assert wide_spk and not wide_spk & test_spk
+    assert wide_spk != set(DataDir.load(data / "train").utt2spk.values())  # other voices than classic train
+    assert all("mini_wide" in line for line in (data / "train_wide" / "wav.scp").read_text().splitlines())
+    assert len(perturbed.utt_ids) == 2 * len(wide.utt_ids) and any(u.startswith("sp0.9-") for u in perturbed.utt_ids)

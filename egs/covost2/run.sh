@@ -8,6 +8,8 @@
 #   ./run.sh --src-langs "de fr es ca"        # with real CoVoST2 paths in db.sh
 #   ./run.sh --speed-perturb-factors "0.9 1.0 1.1"   # train on 3 speed-perturbed copies (data/train_sp)
 #   ./run.sh --noisy-snr "5 15"               # also decode a noisy, reverberant copy of the test set (test_noisy)
+#   ./run.sh --mini-voices wide               # train on the embedded corpus spoken by 60 voices per language
+#   ./run.sh --augment "noise_prob=0.5 reverb_prob=0.3" --train-args "--set train.lr=5e-4"   # noise on the fly
 set -euo pipefail
 
 log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"; }
@@ -19,6 +21,9 @@ src_langs="de fr es en"   # source languages; "en" is English ASR
 norm=tc               # target text convention: tc (true case) or lc.rm
 mini_size=1.0         # size of the embedded corpus (1.0 = 240/30/30 utterances per language)
 mini_seed=0
+mini_voices=classic   # embedded corpus train speakers: classic (12 per language) or wide (60 per language, ~70
+                      # espeak-ng variants, wider rate and pitch ranges): stage 1 builds downloads/mini_wide and trains
+                      # on data/<train_set>_wide; dev and test are the same clips in both
 train_set=train
 valid_set=dev
 test_sets=test
@@ -26,6 +31,8 @@ speed_perturb_factors=""  # "" = off; e.g. "0.9 1.0 1.1": stage 1 writes data/<t
                           # as Kaldi's perturb_data_dir_speed.sh; needs sox) and later stages train on it
 noisy_snr=""          # "" = off; e.g. "5 15": stage 1 also writes data/<test set>_noisy (noise at an SNR drawn in that
                       # range, a synthetic room's reverberation for half; speechllm add-noise) and stages 2, 6, 7 add it
+augment=""            # "" = off; e.g. "noise_prob=0.5 reverb_prob=0.3": noise and reverberation on the fly
+                      # (train.augment, features/augment.py) in the CTC compressor's and the model's training
 model_type=speech_llm # speech_llm (Speech-LLaMA), seq2seq (the encoder-decoder baseline, from scratch),
                       # decoder_only (the same front-end feeding a small LLaMA trained from scratch) or whisper
                       # (the pretrained Whisper fine-tuned on the train set, conf/train_whisper.yaml)
@@ -53,7 +60,9 @@ nbest=0               # also write nbest.txt with this many hypotheses (for `spe
 help_message=$(cat <<HELP
 Usage: $0 [--stage N] [--stop-stage M] [--nj J] [--src-langs "de fr"] [--norm tc|lc.rm]
        [--model-type speech_llm|seq2seq|decoder_only|whisper] [--frontend whisper|fbank] [--llm DIR_OR_GGUF]
-       [--speed-perturb-factors "0.9 1.0 1.1"] [--noisy-snr "5 15"] [--train-args "..."] [--decode-args "..."]
+       [--speed-perturb-factors "0.9 1.0 1.1"] [--noisy-snr "5 15"] [--mini-voices classic|wide]
+       [--augment "noise_prob=0.5 reverb_prob=0.3"]
+       [--train-args "..."] [--decode-args "..."]
 Stages: 1 data preparation (and --speed-perturb-factors: the train set's copies in data/<train_set>_sp), 2 features
         (Whisper log-mel, or fbank + CMVN), 3 tokenizer (CTC source units; seq2seq: target units), 4 Whisper export
         and CTC compressor, 5 training, 6 decoding, 7 scoring and the results table.
@@ -86,7 +95,15 @@ case "${model_type}" in
 esac
 
 orig_train_set=${train_set}   # what stage 1 prepares; the stages after it train on train_set
+case "${mini_voices}" in
+  classic) ;;
+  wide) train_set=${train_set}_wide ;;
+  *) echo "$0: --mini-voices must be classic or wide, not '${mini_voices}'" >&2; exit 1 ;;
+esac
+voiced_train_set=${train_set}  # the train set of the chosen voices, before speed perturbation
 [ -n "${speed_perturb_factors}" ] && train_set=${train_set}_sp
+augment_sets=()  # --augment "k=v ..." -> --set train.augment.k=v ... (stages 4 and 5)
+for setting in ${augment}; do augment_sets+=("--set" "train.augment.${setting}"); done
 orig_test_sets=${test_sets}   # what stage 1 prepares; with --noisy-snr each has a noisy copy decoded beside it
 if [ -n "${noisy_snr}" ]; then
   for dset in ${orig_test_sets}; do test_sets="${test_sets} ${dset}_noisy"; done
@@ -104,12 +121,25 @@ if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
     log "db.sh is empty: building the embedded corpus in ${corpus}"
     speechllm make-mini-corpus "${corpus}" --size "${mini_size}" --seed "${mini_seed}" \
       --langs "${src_langs}" --jobs "${nj}"
+  elif [ "${mini_voices}" != classic ]; then
+    echo "$0: --mini-voices applies to the embedded corpus only (db.sh sets COMMONVOICE)" >&2; exit 1
   fi
   speechllm prepare-covost2 --cv-root "${COMMONVOICE}" --covost-dir "${COVOST2}" \
     --src-langs "${src_langs}" --norm "${norm}" --out data
   for dset in ${orig_train_set} ${valid_set} ${orig_test_sets}; do
     speechllm validate-data "data/${dset}"
   done
+  if [ "${mini_voices}" = wide ]; then
+    log "stage 1: the embedded corpus with wide train voices in ${corpus}_wide -> data/${voiced_train_set}"
+    speechllm make-mini-corpus "${corpus}_wide" --voices wide --size "${mini_size}" --seed "${mini_seed}" \
+      --langs "${src_langs}" --jobs "${nj}"
+    speechllm prepare-covost2 --cv-root "${corpus}_wide" --covost-dir "${corpus}_wide" \
+      --src-langs "${src_langs}" --norm "${norm}" --out "data/mini_wide"
+    rm -rf "data/${voiced_train_set}"
+    mv "data/mini_wide/${orig_train_set}" "data/${voiced_train_set}"
+    rm -rf data/mini_wide  # its dev and test are the clips of data/${valid_set}, data/<test sets>
+    speechllm validate-data "data/${voiced_train_set}"
+  fi
   if [ -n "${noisy_snr}" ]; then
     for dset in ${orig_test_sets}; do
       log "stage 1: a noisy, reverberant copy of data/${dset} (SNR ${noisy_snr} dB) -> data/${dset}_noisy"
@@ -117,8 +147,8 @@ if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
     done
   fi
   if [ -n "${speed_perturb_factors}" ]; then
-    log "stage 1: speed perturbation (${speed_perturb_factors}) of data/${orig_train_set} -> data/${train_set}"
-    speechllm perturb-speed "data/${orig_train_set}" "data/${train_set}" --factors "${speed_perturb_factors}"
+    log "stage 1: speed perturbation (${speed_perturb_factors}) of data/${voiced_train_set} -> data/${train_set}"
+    speechllm perturb-speed "data/${voiced_train_set}" "data/${train_set}" --factors "${speed_perturb_factors}"
     speechllm validate-data "data/${train_set}"
   fi
 fi
@@ -163,7 +193,7 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ] && { [ "${model_type}" = sp
   # shellcheck disable=SC2086
   ${cuda_cmd} "${ctc_exp}/log/train.log" speechllm train-ctc --config "${ctc_config}" \
     --train-data "${dumpdir}/${train_set}" --valid-data "${dumpdir}/${valid_set}" --out "${ctc_exp}" \
-    --set "tokenizer=${token_list}" "${whisper_sets[@]}" ${resume} ${ctc_args}
+    --set "tokenizer=${token_list}" "${whisper_sets[@]}" "${augment_sets[@]}" ${resume} ${ctc_args}
   speechllm ctc-report --model "${ctc_exp}" --data "${dumpdir}/${valid_set}"
 fi
 
@@ -196,7 +226,7 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
   # shellcheck disable=SC2086
   ${cuda_cmd} "${exp_dir}/log/train.log" speechllm train --config "${train_config}" \
     --train-data "${dumpdir}/${train_set}" --valid-data "${dumpdir}/${valid_set}" --out "${exp_dir}" \
-    "${model_sets[@]}" ${resume} ${train_args}
+    "${model_sets[@]}" "${augment_sets[@]}" ${resume} ${train_args}
 fi
 
 if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then

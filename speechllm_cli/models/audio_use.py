@@ -105,6 +105,22 @@ def embeddings_dependence(model, audio_embeds, audio_lens, prompt_ids, target_id
     return stats
 
 
+NOT_LISTENING_GAP = 0.02  # a dev audio gap below this: the model predicts (almost) as well without its audio
+
+
+def listening_warnings(metrics: dict[str, float]) -> list[str]:
+    """A warning when the validation ``audio_gap`` says the model barely uses its audio (none without the metric)."""
+    gap = metrics.get("audio_gap")
+    if gap is None or gap >= NOT_LISTENING_GAP:
+        return []
+    cosine = metrics.get("audio_cosine")
+    shape = f", audio_cosine {cosine:.4f}" if cosine is not None else ""
+    return [f"valid audio_gap {gap:.4f} < {NOT_LISTENING_GAP}{shape}: the model barely uses its audio input "
+            "(it predicts from the prompt alone; decoding will repeat a few sentences). Seen with a learning rate "
+            "too high for augmented training (try --set train.lr=5e-4) and with front-ends that give too few "
+            "positions; `speechllm diagnose` measures it on a decode."]
+
+
 def derived_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """``metrics`` with ``audio_gap`` (relative_gap of loss and loss_rolled) added when both are there."""
     if "loss" in metrics and "loss_rolled" in metrics:

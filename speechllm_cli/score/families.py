@@ -131,6 +131,6 @@ def write_families_table(systems_file: str | os.PathLike, sets: list[str], out: 
     if not rows:
         raise FileNotFoundError(f"no system of {systems_file} is decoded and scored on {sets}")
     out = Path(out)
-    atomic_write_text(out, f"# Integration families ({systems_file})\n\n" + format_table(rows))
+    atomic_write_text(out, f"# Systems ({systems_file})\n\n" + format_table(rows))
     logger.info("wrote %s (%d rows)", out, len(rows))
     return out

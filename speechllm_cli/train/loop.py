@@ -298,6 +298,8 @@ class Trainer:
         self.history.append(entry)
         logger.info("epoch %d done (step %d): train %s | valid %s", epoch, self.step,
                     _fmt(entry["train"]), _fmt(entry["valid"]))
+        for warning in self.task.epoch_warnings(entry["valid"]):
+            logger.warning("epoch %d: %s", epoch, warning)
         scores = entry["valid"] or entry["train"]
         if cfg.best_metric not in scores:
             raise ConfigError(f"train.best_metric '{cfg.best_metric}' is not a validation metric; "

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from speechllm_cli.features.feats_type import check_feats_type
-from speechllm_cli.models.audio_use import audio_dependence, derived_metrics
+from speechllm_cli.models.audio_use import audio_dependence, derived_metrics, listening_warnings
 from speechllm_cli.models.speech_llm import SpeechLLMConfig
 from speechllm_cli.models.speech_llm_io import (
     FrontEndMismatchError,
@@ -132,6 +132,9 @@ class SpeechLLMTask(Task):
 
     def derived_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         return derived_metrics(metrics)  # + audio_gap = 1 - loss / loss_rolled
+
+    def epoch_warnings(self, metrics: dict[str, float]) -> list[str]:
+        return listening_warnings(metrics)  # the model stopped listening: say so while it trains
 
     def trainable_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return unwrap(model).trainable_state_dict()

@@ -108,6 +108,10 @@ class Task:
         """Validation metrics (means over the set) plus any computed from them (e.g. a ratio of two)."""
         return metrics
 
+    def epoch_warnings(self, metrics: dict[str, float]) -> list[str]:
+        """What an epoch's validation metrics say is going wrong (the loop logs each as a warning)."""
+        return []
+
     def trainable_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return default_trainable_state_dict(model)
 

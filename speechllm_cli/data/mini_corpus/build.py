@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 SAMPLE_RATE = 48000
 SPLIT_SIZES = {"train": 240, "dev": 30, "test": 30}  # utterances per language at size 1.0
 UTTS_PER_SPEAKER = {"train": 20, "dev": 10, "test": 10}
+WIDE_TRAIN_UTTS_PER_SPEAKER = 4  # voices="wide": 60 train speakers per language at size 1.0
 TRAIN_COVOST_EVERY = 20  # every 20th train row is labelled "train_covost", as some real rows are
 VALIDATED_COLUMNS = ("client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender", "accent",
                      "locale", "segment")
@@ -83,11 +84,13 @@ def clip_name(lang: str, speaker: Speaker, sentence: str, taken: set[str]) -> st
     return name
 
 
-def plan_language(lang: str, size: float = 1.0, seed: int = 0) -> list[Clip]:
-    """Sentences, speakers and clip names of one language, in the order the tables list them."""
+def plan_language(lang: str, size: float = 1.0, seed: int = 0, voices: str = "classic") -> list[Clip]:
+    """Sentences, speakers and clip names of one language, in the order the tables list them. ``voices="wide"``
+    changes the train speakers only (:func:`.speakers.choose_speakers`): sentences, dev and test are the same."""
     counts = split_counts(size)
     pairs = generate_pairs(lang, sum(counts.values()), seed)
-    speakers = choose_speakers(lang, {s: math.ceil(n / UTTS_PER_SPEAKER[s]) for s, n in counts.items()}, seed)
+    per_speaker = dict(UTTS_PER_SPEAKER, **({"train": WIDE_TRAIN_UTTS_PER_SPEAKER} if voices == "wide" else {}))
+    speakers = choose_speakers(lang, {s: math.ceil(n / per_speaker[s]) for s, n in counts.items()}, seed, voices)
     clips, taken, start = [], set(), 0
     for split in ("test", "dev", "train"):  # test and dev first: they stay put when size grows
         for i, (sentence, english) in enumerate(pairs[start:start + counts[split]]):
@@ -162,12 +165,14 @@ def durations(clips: list[Clip], out_dir: Path) -> np.ndarray:
 
 
 def make_mini_corpus(out_dir: Path, size: float = 1.0, seed: int = 0,
-                     langs: Sequence[str] = ("de", "fr", "es", "en"), jobs: int = 2) -> dict[str, dict[str, int]]:
+                     langs: Sequence[str] = ("de", "fr", "es", "en"), jobs: int = 2,
+                     voices: str = "classic") -> dict[str, dict[str, int]]:
     """Write the mini corpus under ``out_dir``; return utterances per language and split.
 
     ``size`` scales the 240/30/30 train/dev/test utterances per language; ``seed`` picks the
-    sentences and speakers; ``jobs`` clips are synthesised at once. Re-running keeps clips
-    already written, so an interrupted build resumes.
+    sentences and speakers; ``jobs`` clips are synthesised at once; ``voices="wide"`` speaks the train set with
+    60 speakers per language of every human-sounding espeak-ng variant (dev and test unchanged). Re-running keeps
+    clips already written, so an interrupted build resumes.
     """
     out_dir = Path(out_dir)
     langs = list(dict.fromkeys(langs))
@@ -176,7 +181,7 @@ def make_mini_corpus(out_dir: Path, size: float = 1.0, seed: int = 0,
         raise ValueError(f"unknown language(s) {unknown or langs}; the mini corpus has {', '.join(LANGS)}")
     if shutil.which("espeak-ng") is None:
         raise RuntimeError("espeak-ng not found on PATH; install it (apt-get install espeak-ng, or make install)")
-    plans = {lang: plan_language(lang, size, seed) for lang in langs}
+    plans = {lang: plan_language(lang, size, seed, voices) for lang in langs}
     for lang in langs:
         (out_dir / lang / "clips").mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out_dir / lang / "clips")

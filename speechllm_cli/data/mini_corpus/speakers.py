@@ -1,13 +1,21 @@
 """Synthetic speakers of the mini corpus: one espeak-ng voice variant at one rate and pitch.
 
-Each language has a few base voices (accents) and twelve variants (``m1``-``m7``, ``f1``-``f5``);
+Each language has a few base voices (accents) and twelve classic variants (``m1``-``m7``, ``f1``-``f5``);
 the variants are divided between train, dev and test, so no voice of a test speaker is heard
 in training. A speaker's client id is a stable 64-hex-digit hash, as in Common Voice.
+
+``voices="wide"`` keeps the dev and test speakers exactly (the same clips) and draws the train speakers from
+every human-sounding variant espeak-ng ships (``WIDE_VARIANTS``: ~70, formant and Klatt synthesis) except the
+dev/test ones, at a rate and pitch drawn from wider ranges (``WIDE_RATES``, ``WIDE_PITCHES``), one variant per
+speaker in turn: more, and more varied, training voices against the same held-out evaluation.
 
 Example:
     >>> spk = choose_speakers("de", {"train": 3, "dev": 1, "test": 1}, seed=0)
     >>> len(spk["train"]), len(spk["train"][0].client_id)
     (3, 64)
+    >>> wide = choose_speakers("de", {"train": 60, "dev": 1, "test": 1}, seed=0, voices="wide")
+    >>> wide["test"] == choose_speakers("de", {"train": 12, "dev": 1, "test": 1}, seed=0)["test"]
+    True
 """
 
 from __future__ import annotations
@@ -26,6 +34,23 @@ MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7")
 FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
 RATES = (120, 135, 150, 165)  # words per minute (espeak-ng's default, 175, is brisk)
 PITCHES = (35, 50, 65)
+# espeak-ng 1.51's other variants (voices/!v), by the gender their pitch and file state. Left out: the
+# non-human ones (robosoft*, UniRobot, anikaRobot, Demonic, announcer, fast, RicishayMax*), whispering (whisper,
+# whisperf), a child (zac), "Mr serious" (a space in its file name),
+# and caleb and klatt6, which speak exactly as klatt.
+WIDE_MALE_VARIANTS = MALE_VARIANTS + (
+    "m8", "Alex", "Andy", "AnxiousAndy", "Denis", "Diogo", "Gene", "Gene2", "Henrique", "Hugo", "Jacky", "Lee",
+    "Marco", "Mario", "Michael", "Mike", "Nguyen", "Storm", "Tweaky", "adam", "antonio", "benjamin", "boris",
+    "croak", "david", "ed", "edward", "edward2", "grandpa", "gustave", "iven", "iven2", "iven3", "iven4",
+    "john", "kaukovalta", "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "marcelo", "max", "michel",
+    "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert", "sandro", "travis", "victor")
+WIDE_FEMALE_VARIANTS = FEMALE_VARIANTS + (
+    "Alicia", "Andrea", "Annie", "anika", "aunty", "belinda", "grandma", "linda", "shelby", "steph", "steph2",
+    "steph3")
+WIDE_RATES = (100, 190)  # words per minute, drawn uniformly (integers) for each wide train speaker
+WIDE_PITCHES = (15, 85)  # espeak-ng pitch 0-99, likewise
+VOICE_SETS = ("classic", "wide")
+FEMALE = frozenset(WIDE_FEMALE_VARIANTS)
 AGES = ("teens", "twenties", "thirties", "fourties", "fifties", "sixties")  # Common Voice's spelling
 
 
@@ -46,7 +71,7 @@ class Speaker:
 
     @property
     def gender(self) -> str:
-        return "female" if self.voice.split("+")[1].startswith("f") else "male"
+        return "female" if self.voice.split("+")[1] in FEMALE else "male"
 
     @property
     def age(self) -> str:
@@ -61,8 +86,12 @@ def split_variants(rng: random.Random) -> dict[str, list[str]]:
     return {"test": [male[0], female[0]], "dev": [male[1], female[1]], "train": male[2:] + female[2:]}
 
 
-def choose_speakers(lang: str, counts: dict[str, int], seed: int = 0) -> dict[str, list[Speaker]]:
-    """``counts[split]`` distinct speakers per split, voice variants disjoint between splits."""
+def choose_speakers(lang: str, counts: dict[str, int], seed: int = 0,
+                    voices: str = "classic") -> dict[str, list[Speaker]]:
+    """``counts[split]`` distinct speakers per split, voice variants disjoint between splits; ``voices="wide"``
+    replaces the train speakers by ones of the wide variant pool (dev and test unchanged)."""
+    if voices not in VOICE_SETS:
+        raise ValueError(f"unknown voice set '{voices}'; choose from {list(VOICE_SETS)}")
     if lang not in BASE_VOICES:
         raise ValueError(f"no espeak-ng voices configured for language '{lang}'; choose from {sorted(BASE_VOICES)}")
     rng = random.Random(f"mini-corpus-speakers\t{lang}\t{seed}")
@@ -82,4 +111,23 @@ def choose_speakers(lang: str, counts: dict[str, int], seed: int = 0) -> dict[st
             variant, (base, accent), rate, pitch = pick
             chosen.append(Speaker(lang, f"{base}+{variant}", rate, pitch, accent))
         speakers[split] = chosen
+    if voices == "wide":
+        held_out = set(variants["dev"] + variants["test"])
+        speakers["train"] = wide_train_speakers(lang, counts.get("train", 0), held_out, seed)
     return speakers
+
+
+def wide_train_speakers(lang: str, count: int, held_out: set[str], seed: int) -> list[Speaker]:
+    """``count`` distinct train speakers: the wide variants but ``held_out`` in a seeded order, one per speaker in
+    turn, each with a base voice, rate and pitch drawn at random."""
+    rng = random.Random(f"mini-corpus-wide-speakers\t{lang}\t{seed}")
+    pool = [v for v in WIDE_MALE_VARIANTS + WIDE_FEMALE_VARIANTS if v not in held_out]
+    rng.shuffle(pool)
+    chosen: list[Speaker] = []
+    while len(chosen) < count:
+        base, accent = rng.choice(BASE_VOICES[lang])
+        speaker = Speaker(lang, f"{base}+{pool[len(chosen) % len(pool)]}", rng.randint(*WIDE_RATES),
+                          rng.randint(*WIDE_PITCHES), accent)
+        if speaker not in chosen:
+            chosen.append(speaker)
+    return chosen
