@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAGE ?= 1
 STOP_STAGE ?= 100
 
-.PHONY: install test test-slow demo baselines whisper ablations families lint bench bench-decode clean
+.PHONY: install test test-slow demo baselines whisper ablations families robustness lint bench bench-decode clean
 
 install:
 	tools/install_system.sh
@@ -32,6 +32,9 @@ ablations:  # after `make baselines`: every conf/tuning/ablation_*.yaml and the 
 
 families:  # after `make demo`: the survey's three integration families on the same data and LLM, one table (~2 h)
 	cd egs/covost2 && local/run_families.sh
+
+robustness:  # after `make whisper`: noise, speed perturbation and wide voices, with and without, on test and test_noisy
+	cd egs/covost2 && local/run_robustness.sh
 
 lint:
 	$(VENV)/bin/ruff check speechllm_cli tests bench

@@ -230,7 +230,7 @@ def test_unit_llm_decodes_alike_in_llamacpp(setup, tmp_path):
     assert (tmp_path / "llamacpp" / "hyp.txt").read_text() == (tmp_path / "pytorch" / "hyp.txt").read_text()
 
 
-def test_the_recipes_family_configs_load_and_its_script_parses():
+def test_the_recipes_family_and_robustness_configs_load_and_its_scripts_parse():
     import subprocess
     from pathlib import Path
 
@@ -248,7 +248,9 @@ def test_the_recipes_family_configs_load_and_its_script_parses():
     systems = read_systems(recipe / "conf" / "families" / "systems.yaml")
     assert {s.family for s in systems} >= {"latent representation", "text-based", "audio-token"}
     assert all("{set}" in s.decode for s in systems)
-    for script in ("run.sh", "local/run_families.sh"):
+    robustness = read_systems(recipe / "conf" / "robustness" / "systems.yaml")
+    assert all("{set}" in s.decode and s.trained_parts for s in robustness)  # each row names its compressor
+    for script in ("run.sh", "local/run_families.sh", "local/run_robustness.sh"):
         assert subprocess.run(["bash", "-n", str(recipe / script)]).returncode == 0, script
 
 

@@ -183,7 +183,18 @@ def test_wide_plan_keeps_sentences_dev_and_test():
     assert sorted(c.sentence for c in wide) == sorted(c.sentence for c in classic)
     train_speakers = {c.speaker for c in wide if c.split == "train"}
     assert len(train_speakers) == 60 and not train_speakers & {c.speaker for c in held_out.values()}
-    assert VOICE_SETS == ("classic", "wide")
+    assert VOICE_SETS == ("classic", "wide", "unheard")
+
+
+def test_unheard_test_voices_are_in_no_train_set():
+    classic, wide = plan_language("en", seed=0), plan_language("en", seed=0, voices="wide")
+    unheard = plan_language("en", seed=0, voices="unheard")
+    assert [c for c in unheard if c.split != "test"] == [c for c in classic if c.split != "test"]
+    heard = {c.speaker.voice.split("+")[1] for c in classic + wide}  # every split of both corpora
+    test = [c for c in unheard if c.split == "test"]
+    voices = {c.speaker.voice.split("+")[1] for c in test}
+    assert len({c.speaker for c in test}) == 8 and len(voices) == 8 and not voices & heard
+    assert sorted(c.sentence for c in test) == sorted(c.sentence for c in classic if c.split == "test")
 
 
 @requires_espeak

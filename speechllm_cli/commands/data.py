@@ -4,6 +4,7 @@
 Usage:
     speechllm make-mini-corpus downloads/mini
     speechllm make-mini-corpus downloads/mini_wide --voices wide   # the same dev/test, 60 train voices per language
+    speechllm make-mini-corpus downloads/mini_unheard --voices unheard   # the test sentences in voices never trained on
     speechllm prepare-covost2 --cv-root downloads/mini --covost-dir downloads/mini --src-langs "de fr es en" --out data
     speechllm validate-data data/train data/dev
     speechllm fix-data my_corpus/train && speechllm validate-data my_corpus/train     # a corpus of your own
@@ -26,9 +27,10 @@ def make_mini_corpus_cmd(
     seed: int = typer.Option(0, help="Seed of the sentence grammar and the speaker draw."),
     langs: str = typer.Option("de fr es en", help="Source languages, space separated."),
     jobs: int = typer.Option(2, help="Parallel espeak-ng workers."),
-    voices: str = typer.Option("classic", help="Train speakers: classic (12 variants per language) or wide "
-                               "(60 speakers per language of ~70 espeak-ng variants, wider rate and pitch "
-                               "ranges); dev and test are the same in both."),
+    voices: str = typer.Option("classic", help="Speakers: classic (12 train variants per language), wide (train: 60 "
+                               "speakers per language of ~70 espeak-ng variants, wider rate and pitch ranges) or "
+                               "unheard (test: 8 speakers per language of variants neither train set uses); the "
+                               "other splits are the classic clips."),
     config: Path | None = ConfigOption,
 ) -> None:
     """Build the embedded synthetic corpus (espeak-ng speech) in the real CoVoST2 layout."""

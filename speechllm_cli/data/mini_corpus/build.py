@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 SAMPLE_RATE = 48000
 SPLIT_SIZES = {"train": 240, "dev": 30, "test": 30}  # utterances per language at size 1.0
 UTTS_PER_SPEAKER = {"train": 20, "dev": 10, "test": 10}
-WIDE_TRAIN_UTTS_PER_SPEAKER = 4  # voices="wide": 60 train speakers per language at size 1.0
+WIDE_UTTS_PER_SPEAKER = 4  # voices="wide" train, voices="unheard" test: 60 / 8 speakers per language at size 1.0
 TRAIN_COVOST_EVERY = 20  # every 20th train row is labelled "train_covost", as some real rows are
 VALIDATED_COLUMNS = ("client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender", "accent",
                      "locale", "segment")
@@ -86,11 +86,14 @@ def clip_name(lang: str, speaker: Speaker, sentence: str, taken: set[str]) -> st
 
 def plan_language(lang: str, size: float = 1.0, seed: int = 0, voices: str = "classic") -> list[Clip]:
     """Sentences, speakers and clip names of one language, in the order the tables list them. ``voices="wide"``
-    changes the train speakers only (:func:`.speakers.choose_speakers`): sentences, dev and test are the same."""
+    changes the train speakers only, ``voices="unheard"`` the test speakers only (:func:`.speakers.choose_speakers`);
+    the sentences are the same."""
     counts = split_counts(size)
     pairs = generate_pairs(lang, sum(counts.values()), seed)
-    per_speaker = dict(UTTS_PER_SPEAKER, **({"train": WIDE_TRAIN_UTTS_PER_SPEAKER} if voices == "wide" else {}))
-    speakers = choose_speakers(lang, {s: math.ceil(n / per_speaker[s]) for s, n in counts.items()}, seed, voices)
+    changed = {"wide": "train", "unheard": "test"}.get(voices)
+    per_speaker = dict(UTTS_PER_SPEAKER, **({changed: WIDE_UTTS_PER_SPEAKER} if changed else {}))
+    speakers = choose_speakers(lang, {s: math.ceil(n / per_speaker[s]) for s, n in counts.items()}, seed, voices,
+                               wide_train_count=math.ceil(counts["train"] / WIDE_UTTS_PER_SPEAKER))
     clips, taken, start = [], set(), 0
     for split in ("test", "dev", "train"):  # test and dev first: they stay put when size grows
         for i, (sentence, english) in enumerate(pairs[start:start + counts[split]]):
@@ -171,8 +174,9 @@ def make_mini_corpus(out_dir: Path, size: float = 1.0, seed: int = 0,
 
     ``size`` scales the 240/30/30 train/dev/test utterances per language; ``seed`` picks the
     sentences and speakers; ``jobs`` clips are synthesised at once; ``voices="wide"`` speaks the train set with
-    60 speakers per language of every human-sounding espeak-ng variant (dev and test unchanged). Re-running keeps
-    clips already written, so an interrupted build resumes.
+    60 speakers per language of every human-sounding espeak-ng variant (dev and test unchanged), ``voices="unheard"``
+    the test set with 8 speakers per language of variants no train set uses. Re-running keeps clips already
+    written, so an interrupted build resumes.
     """
     out_dir = Path(out_dir)
     langs = list(dict.fromkeys(langs))

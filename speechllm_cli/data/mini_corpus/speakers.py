@@ -8,6 +8,8 @@ in training. A speaker's client id is a stable 64-hex-digit hash, as in Common V
 every human-sounding variant espeak-ng ships (``WIDE_VARIANTS``: ~70, formant and Klatt synthesis) except the
 dev/test ones, at a rate and pitch drawn from wider ranges (``WIDE_RATES``, ``WIDE_PITCHES``), one variant per
 speaker in turn: more, and more varied, training voices against the same held-out evaluation.
+``voices="unheard"`` keeps train and dev and speaks the test sentences with wide-range speakers whose variants
+neither the classic nor the wide train set (same seed and size) uses: voices no system of the recipe has heard.
 
 Example:
     >>> spk = choose_speakers("de", {"train": 3, "dev": 1, "test": 1}, seed=0)
@@ -49,7 +51,7 @@ WIDE_FEMALE_VARIANTS = FEMALE_VARIANTS + (
     "steph3")
 WIDE_RATES = (100, 190)  # words per minute, drawn uniformly (integers) for each wide train speaker
 WIDE_PITCHES = (15, 85)  # espeak-ng pitch 0-99, likewise
-VOICE_SETS = ("classic", "wide")
+VOICE_SETS = ("classic", "wide", "unheard")
 FEMALE = frozenset(WIDE_FEMALE_VARIANTS)
 AGES = ("teens", "twenties", "thirties", "fourties", "fifties", "sixties")  # Common Voice's spelling
 
@@ -86,10 +88,12 @@ def split_variants(rng: random.Random) -> dict[str, list[str]]:
     return {"test": [male[0], female[0]], "dev": [male[1], female[1]], "train": male[2:] + female[2:]}
 
 
-def choose_speakers(lang: str, counts: dict[str, int], seed: int = 0,
-                    voices: str = "classic") -> dict[str, list[Speaker]]:
+def choose_speakers(lang: str, counts: dict[str, int], seed: int = 0, voices: str = "classic",
+                    wide_train_count: int = 0) -> dict[str, list[Speaker]]:
     """``counts[split]`` distinct speakers per split, voice variants disjoint between splits; ``voices="wide"``
-    replaces the train speakers by ones of the wide variant pool (dev and test unchanged)."""
+    replaces the train speakers by ones of the wide variant pool (dev and test unchanged); ``voices="unheard"``
+    replaces the test speakers by ones of variants that neither the classic train set nor a wide one of
+    ``wide_train_count`` speakers uses (train and dev unchanged)."""
     if voices not in VOICE_SETS:
         raise ValueError(f"unknown voice set '{voices}'; choose from {list(VOICE_SETS)}")
     if lang not in BASE_VOICES:
@@ -111,17 +115,35 @@ def choose_speakers(lang: str, counts: dict[str, int], seed: int = 0,
             variant, (base, accent), rate, pitch = pick
             chosen.append(Speaker(lang, f"{base}+{variant}", rate, pitch, accent))
         speakers[split] = chosen
+    held_out = set(variants["dev"] + variants["test"])
     if voices == "wide":
-        held_out = set(variants["dev"] + variants["test"])
         speakers["train"] = wide_train_speakers(lang, counts.get("train", 0), held_out, seed)
+    elif voices == "unheard":
+        wide_train = wide_train_speakers(lang, wide_train_count, held_out, seed)
+        heard = {spk.voice.split("+")[1] for spk in speakers["train"] + wide_train} | held_out
+        speakers["test"] = unheard_speakers(lang, counts.get("test", 0), heard, seed)
     return speakers
+
+
+def unheard_speakers(lang: str, count: int, heard: set[str], seed: int) -> list[Speaker]:
+    """``count`` distinct speakers of the wide variants not in ``heard``, one per speaker in turn, wide ranges."""
+    pool = [v for v in WIDE_MALE_VARIANTS + WIDE_FEMALE_VARIANTS if v not in heard]
+    if count and not pool:
+        raise ValueError(f"{lang}: every espeak-ng variant is heard in training; no unheard voice is left")
+    return _draw_speakers(lang, count, pool, random.Random(f"mini-corpus-unheard-speakers\t{lang}\t{seed}"))
 
 
 def wide_train_speakers(lang: str, count: int, held_out: set[str], seed: int) -> list[Speaker]:
     """``count`` distinct train speakers: the wide variants but ``held_out`` in a seeded order, one per speaker in
     turn, each with a base voice, rate and pitch drawn at random."""
-    rng = random.Random(f"mini-corpus-wide-speakers\t{lang}\t{seed}")
     pool = [v for v in WIDE_MALE_VARIANTS + WIDE_FEMALE_VARIANTS if v not in held_out]
+    return _draw_speakers(lang, count, pool, random.Random(f"mini-corpus-wide-speakers\t{lang}\t{seed}"))
+
+
+def _draw_speakers(lang: str, count: int, pool: list[str], rng: random.Random) -> list[Speaker]:
+    """``count`` distinct speakers: ``pool``'s variants shuffled, in turn, each with a random base voice (accent),
+    rate in ``WIDE_RATES`` and pitch in ``WIDE_PITCHES``."""
+    pool = list(pool)
     rng.shuffle(pool)
     chosen: list[Speaker] = []
     while len(chosen) < count:
