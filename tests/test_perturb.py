@@ -99,9 +99,9 @@ def test_perturbed_dir_validates_with_prefixed_ids(corpus, perturbed):
         assert all(copied[f"{p}{u}"] == v for u, v in source.items() for p in ("", "sp0.9-", "sp1.1-"))
     wav = read_table(perturbed / "wav.scp")
     assert wav["spkA-u1"] == str(corpus["clips"] / "a.wav")
-    assert wav["sp0.9-spkA-u1"] == f"sox {corpus['clips'] / 'a.wav'} -t wav - speed 0.9 |"
-    assert wav["sp1.1-spkB-u3"] == f"sox '{corpus['clips'] / 'c three.flac'}' -t wav - speed 1.1 |"
-    assert wav["sp1.1-spkB-u4"] == f"sox {corpus['clips'] / 'd.wav'} -t wav - | sox -t wav - -t wav - speed 1.1 |"
+    assert wav["sp0.9-spkA-u1"] == f"sox -D {corpus['clips'] / 'a.wav'} -t wav - speed 0.9 |"
+    assert wav["sp1.1-spkB-u3"] == f"sox -D '{corpus['clips'] / 'c three.flac'}' -t wav - speed 1.1 |"
+    assert wav["sp1.1-spkB-u4"] == f"sox {corpus['clips'] / 'd.wav'} -t wav - | sox -D -t wav - -t wav - speed 1.1 |"
     dur, new_dur = read_table(corpus["plain"] / "utt2dur"), read_table(perturbed / "utt2dur")
     for utt, value in dur.items():
         assert new_dur[utt] == value
@@ -124,6 +124,24 @@ def test_perturbed_audio_lasts_one_over_factor(corpus, perturbed):
                              TARGET_RATE * 1.1, TARGET_RATE)
     n = min(len(audio), len(expected))
     assert np.corrcoef(audio[:n], expected[:n])[0, 1] > 0.95
+
+
+def test_digital_silence_stays_silent(tmp_path):
+    """sox dithers 16-bit output after an effect unless told not to: the perturbed copies of a clip padded with digital
+    silence (as synthetic speech is) must keep exact zeros there, as the original and the test sets do."""
+    rate = 16000
+    speech = synth_speech("hallo welt", "de", tmp_path / "s.wav", sample_rate=rate)
+    silence = np.zeros(rate // 2, np.float32)
+    soundfile.write(tmp_path / "padded.wav", np.concatenate([silence, speech, silence]), rate, subtype="PCM_16")
+    data = tmp_path / "data"
+    data.mkdir()
+    _write(data / "wav.scp", {"spk-u1": str(tmp_path / "padded.wav")})
+    _write(data / "utt2spk", {"spk-u1": "spk"})
+    _write(data / "text", {"spk-u1": "hallo welt"})
+    perturb_speed(data, tmp_path / "sp", factors=(0.9, 1.1))
+    for item in iter_data_dir_audio(tmp_path / "sp"):
+        lead = item.samples[: int(0.4 * TARGET_RATE)]  # well inside the half second of silence at any speed
+        assert np.all(lead == 0), (item.utt_id, np.abs(lead).max())
 
 
 def test_segments_times_scale(corpus, tmp_path):

@@ -6,10 +6,13 @@ speaker id still prefixes its utterance ids and each copy has speakers of its ow
 ids. A perturbed copy's ``wav.scp`` entry is a pipe through sox's ``speed`` effect,
 which changes tempo and pitch together and keeps the sample rate, so the audio lasts ``1/f`` as long:
 
-    sp0.9-spkA-u1 sox clips/u1.mp3 -t wav - speed 0.9 |                   # a file: sox reads its type from the name
-    sp0.9-spkA-u2 sox u2.sph -t wav - | sox -t wav - -t wav - speed 0.9 |   # a pipe: it must write wav, as in Kaldi
+    sp0.9-spkA-u1 sox -D clips/u1.mp3 -t wav - speed 0.9 |                   # a file: sox reads its type from the name
+    sp0.9-spkA-u2 sox u2.sph -t wav - | sox -D -t wav - -t wav - speed 0.9 |   # a pipe: it must write wav, as in Kaldi
 
-(Kaldi's script also passes ``-t wav`` for files; here files may be mp3 or flac, as the CoVoST2 clips are.)
+(Kaldi's script also passes ``-t wav`` for files; here files may be mp3 or flac, as the CoVoST2 clips are.) ``-D``
+turns off sox's dither: by default sox adds +-1 LSB noise when it writes 16 bits after an effect, which turns digital
+silence (synthetic speech, padded clips) into a noise floor that the unperturbed copy and the test sets lack, so the
+copies would differ from the originals in more than their speed.
 
 ``segments`` times and ``utt2dur`` are divided by ``f``; ``text``, ``text.src``, ``utt2lang`` (and a text dir's
 ``input``) are copied under the new ids; ``feats.scp`` and ``utt2num_frames`` are dropped (features come from the
@@ -107,8 +110,8 @@ def speed_entry(entry: str, factor: float) -> str:
     entry = entry.strip()
     speed = f"-t wav - speed {factor_label(factor)} |"
     if entry.endswith("|"):
-        return f"{entry} sox -t wav - {speed}"
-    return f"sox {shlex.quote(entry)} {speed}"
+        return f"{entry} sox -D -t wav - {speed}"
+    return f"sox -D {shlex.quote(entry)} {speed}"
 
 
 def _seconds(value: float) -> str:
