@@ -21,7 +21,7 @@ src_langs="de fr es en"   # source languages; "en" is English ASR
 norm=tc               # target text convention: tc (true case) or lc.rm
 mini_size=1.0         # size of the embedded corpus (1.0 = 240/30/30 utterances per language)
 mini_seed=0
-mini_voices=classic   # embedded corpus train speakers: classic (12 per language) or wide (60 per language, ~70
+mini_voices=classic   # embedded corpus train speakers: classic (12 per language) or wide (60 per language, 79
                       # espeak-ng variants, wider rate and pitch ranges): stage 1 builds downloads/mini_wide and trains
                       # on data/<train_set>_wide; dev and test are the same clips in both
 train_set=train

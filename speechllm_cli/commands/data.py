@@ -28,7 +28,7 @@ def make_mini_corpus_cmd(
     langs: str = typer.Option("de fr es en", help="Source languages, space separated."),
     jobs: int = typer.Option(2, help="Parallel espeak-ng workers."),
     voices: str = typer.Option("classic", help="Speakers: classic (12 train variants per language), wide (train: 60 "
-                               "speakers per language of ~70 espeak-ng variants, wider rate and pitch ranges) or "
+                               "speakers per language of 79 espeak-ng variants, wider rate and pitch ranges) or "
                                "unheard (test: 8 speakers per language of variants neither train set uses); the "
                                "other splits are the classic clips."),
     config: Path | None = ConfigOption,

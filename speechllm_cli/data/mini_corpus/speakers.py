@@ -5,9 +5,10 @@ the variants are divided between train, dev and test, so no voice of a test spea
 in training. A speaker's client id is a stable 64-hex-digit hash, as in Common Voice.
 
 ``voices="wide"`` keeps the dev and test speakers exactly (the same clips) and draws the train speakers from
-every human-sounding variant espeak-ng ships (``WIDE_VARIANTS``: ~70, formant and Klatt synthesis) except the
-dev/test ones, at a rate and pitch drawn from wider ranges (``WIDE_RATES``, ``WIDE_PITCHES``), one variant per
-speaker in turn: more, and more varied, training voices against the same held-out evaluation.
+every human-sounding variant espeak-ng ships (``WIDE_MALE_VARIANTS``, ``WIDE_FEMALE_VARIANTS``: 79, formant and
+Klatt synthesis) except the dev/test ones, at a rate and pitch drawn from wider ranges (``WIDE_RATES``,
+``WIDE_PITCHES``), one variant per speaker in turn: more, and more varied, training voices against the same
+held-out evaluation.
 ``voices="unheard"`` keeps train and dev and speaks the test sentences with wide-range speakers whose variants
 neither the classic nor the wide train set (same seed and size) uses: voices no system of the recipe has heard.
 
