@@ -131,6 +131,8 @@ if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
   done
   if [ "${mini_voices}" = wide ]; then
     log "stage 1: the embedded corpus with wide train voices in ${corpus}_wide -> data/${voiced_train_set}"
+    # its dev and test clips are the classic corpus's: hard links, so that only the train set is synthesised
+    [ -d "${corpus}_wide" ] || cp -al "${corpus}" "${corpus}_wide"
     speechllm make-mini-corpus "${corpus}_wide" --voices wide --size "${mini_size}" --seed "${mini_seed}" \
       --langs "${src_langs}" --jobs "${nj}"
     speechllm prepare-covost2 --cv-root "${corpus}_wide" --covost-dir "${corpus}_wide" \

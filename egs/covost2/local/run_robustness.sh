@@ -78,16 +78,18 @@ if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
 fi
 if [ "${stage}" -le 8 ] && [ "${stop_stage}" -ge 8 ]; then
   log "stage 8: test_unheard (the test sentences in voices no train set has), decoded by every row's model"
+  # its train and dev clips are the classic corpus's: hard links, so that only the test set is synthesised
+  [ -d downloads/mini_unheard ] || cp -al downloads/mini downloads/mini_unheard
   speechllm make-mini-corpus downloads/mini_unheard --voices unheard --jobs "${nj}"
   speechllm prepare-covost2 --cv-root downloads/mini_unheard --covost-dir downloads/mini_unheard \
     --src-langs "de fr es en" --out data/mini_unheard
   rm -rf data/test_unheard && mv data/mini_unheard/test data/test_unheard && rm -rf data/mini_unheard
   speechllm validate-data data/test_unheard
-  for row in rob_fbank_clean:fbank rob_fbank_noise:fbank rob_fbank_sp:fbank rob_fbank_wide:fbank \
-             speechllm_whisper:whisper_mel rob_whisper_noise:whisper_mel rob_whisper_wide:whisper_mel; do
-    exp_dir=exp/${row%%:*} feats_type=${row##*:}
-    dump=dump; [ "${feats_type}" = whisper_mel ] && dump=dump/whisper_mel
-    speechllm fbank data/test_unheard "${dump}/test_unheard" --type "${feats_type}" --nj "${nj}" --cmd "${train_cmd}"
+  speechllm fbank data/test_unheard dump/test_unheard --type fbank --nj "${nj}" --cmd "${train_cmd}"
+  speechllm fbank data/test_unheard dump/whisper_mel/test_unheard --type whisper_mel --nj "${nj}" --cmd "${train_cmd}"
+  for row in rob_fbank_clean:dump rob_fbank_noise:dump rob_fbank_sp:dump rob_fbank_wide:dump \
+             speechllm_whisper:dump/whisper_mel rob_whisper_noise:dump/whisper_mel rob_whisper_wide:dump/whisper_mel; do
+    exp_dir=exp/${row%%:*} dump=${row##*:}
     speechllm decode --model "${exp_dir}" --data "${dump}/test_unheard" --out "${exp_dir}/decode_test_unheard" \
       --nj "${nj}" --cmd "${decode_cmd}" --config conf/decode.yaml
     speechllm score "${exp_dir}/decode_test_unheard"
