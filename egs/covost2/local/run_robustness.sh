@@ -10,7 +10,8 @@
 #     3. + speed perturbation 0.9/1.0/1.1     exp/ctc_compressor_sp   + exp/rob_fbank_sp (the same number of updates)
 #     4. + wide train voices                  exp/ctc_compressor_wide + exp/rob_fbank_wide
 #   Speech-LLaMA on Whisper (the recipe's system and compressor, exp/ctc_whisper; the measures on the LLM side)
-#     5. clean training (exp/speechllm_whisper), 6. + noise and reverberation, 7. + wide train voices
+#     5. clean training (exp/speechllm_whisper), 6. + noise and reverberation, 7. + speed perturbation (the same
+#     number of updates), 8. + wide train voices
 # Each stage reuses what is done (data, dumps, trained models, finished decodes). About 3 h on 2 CPU cores after
 # `make demo` and `./run.sh --frontend fbank`.
 #   local/run_robustness.sh
@@ -26,7 +27,7 @@ noisy_snr="5 15"
 augment="noise_prob=0.5 reverb_prob=0.3"
 speed_perturb_factors="0.9 1.0 1.1"
 
-help_message="Usage: $0 [--stage 1-9] [--stop-stage 1-9] [--nj J] [--noisy-snr '5 15'] [--augment 'k=v ...']"
+help_message="Usage: $0 [--stage 1-10] [--stop-stage 1-10] [--nj J] [--noisy-snr '5 15'] [--augment 'k=v ...']"
 
 . ./path.sh
 . ./cmd.sh
@@ -73,11 +74,15 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
   whisper --augment "${augment}" --exp-dir exp/rob_whisper_noise
 fi
 if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
-  log "stage 7: Whisper + wide train voices"
-  whisper --mini-voices wide --exp-dir exp/rob_whisper_wide
+  log "stage 7: Whisper + speed perturbation (${speed_perturb_factors})"
+  whisper --speed-perturb-factors "${speed_perturb_factors}" --exp-dir exp/rob_whisper_sp --train-args "${sp_llm[*]}"
 fi
 if [ "${stage}" -le 8 ] && [ "${stop_stage}" -ge 8 ]; then
-  log "stage 8: test_unheard (the test sentences in voices no train set has), decoded by every row's model"
+  log "stage 8: Whisper + wide train voices"
+  whisper --mini-voices wide --exp-dir exp/rob_whisper_wide
+fi
+if [ "${stage}" -le 9 ] && [ "${stop_stage}" -ge 9 ]; then
+  log "stage 9: test_unheard (the test sentences in voices no train set has), decoded by every row's model"
   # its train and dev clips are the classic corpus's: hard links, so that only the test set is synthesised
   [ -d downloads/mini_unheard ] || cp -al downloads/mini downloads/mini_unheard
   speechllm make-mini-corpus downloads/mini_unheard --voices unheard --jobs "${nj}"
@@ -88,15 +93,16 @@ if [ "${stage}" -le 8 ] && [ "${stop_stage}" -ge 8 ]; then
   speechllm fbank data/test_unheard dump/test_unheard --type fbank --nj "${nj}" --cmd "${train_cmd}"
   speechllm fbank data/test_unheard dump/whisper_mel/test_unheard --type whisper_mel --nj "${nj}" --cmd "${train_cmd}"
   for row in rob_fbank_clean:dump rob_fbank_noise:dump rob_fbank_sp:dump rob_fbank_wide:dump \
-             speechllm_whisper:dump/whisper_mel rob_whisper_noise:dump/whisper_mel rob_whisper_wide:dump/whisper_mel; do
+             speechllm_whisper:dump/whisper_mel rob_whisper_noise:dump/whisper_mel rob_whisper_sp:dump/whisper_mel \
+             rob_whisper_wide:dump/whisper_mel; do
     exp_dir=exp/${row%%:*} dump=${row##*:}
     speechllm decode --model "${exp_dir}" --data "${dump}/test_unheard" --out "${exp_dir}/decode_test_unheard" \
       --nj "${nj}" --cmd "${decode_cmd}" --config conf/decode.yaml
     speechllm score "${exp_dir}/decode_test_unheard"
   done
 fi
-if [ "${stage}" -le 9 ] && [ "${stop_stage}" -ge 9 ]; then
-  log "stage 9: the table"
+if [ "${stage}" -le 10 ] && [ "${stop_stage}" -ge 10 ]; then
+  log "stage 10: the table"
   speechllm results exp --systems conf/robustness/systems.yaml --sets "test test_noisy test_unheard" \
     --out exp/ROBUSTNESS.md
   cat exp/ROBUSTNESS.md
