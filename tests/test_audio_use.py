@@ -64,6 +64,17 @@ def test_listening_warnings():
     assert listening_warnings({"loss": 1.0, "acc": 0.5}) == []  # a task without the audio diagnostics
 
 
+def test_a_text_llm_is_warned_about_its_input_text_not_audio():
+    from speechllm_cli.train.speechllm_task import SpeechLLMTask
+    from speechllm_cli.train.text_llm_task import TextLLMTask
+
+    deaf = {"loss": 1.5, "loss_rolled": 1.502, "audio_gap": 0.0013}
+    (speech,) = SpeechLLMTask.epoch_warnings(object.__new__(SpeechLLMTask), deaf)
+    (text,) = TextLLMTask.epoch_warnings(object.__new__(TextLLMTask), deaf)  # the methods read only the metrics
+    assert "uses its audio" in speech and "augmented" in speech
+    assert "uses its input text" in text and "speechllm text-input" in text and "augmented" not in text
+
+
 def test_label_table_size_mismatch_is_an_error():
     with pytest.raises(ValueError, match="2 CTC pieces for a label table of 3 rows"):
         LabelTable(3, 4).init_from_pieces(["<blank>", "a"], None, torch.zeros(5, 4))

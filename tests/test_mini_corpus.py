@@ -24,10 +24,9 @@ from speechllm_cli.data.mini_corpus.frames import ANIMAL, NOUN_CLASS, Clause, Fr
 from speechllm_cli.data.mini_corpus.grammar import LANGS
 from speechllm_cli.data.mini_corpus.speakers import (
     VOICE_SETS,
-    WIDE_FEMALE_VARIANTS,
-    WIDE_MALE_VARIANTS,
     WIDE_PITCHES,
     WIDE_RATES,
+    WIDE_VARIANTS,
     choose_speakers,
 )
 
@@ -165,7 +164,7 @@ def test_wide_voices_change_train_speakers_only():
     variant = {split: {s.voice.split("+")[1] for s in spk} for split, spk in wide.items()}
     assert len(wide["train"]) == len(set(wide["train"])) == 60 and len(variant["train"]) == 60  # a voice each
     assert not variant["train"] & (variant["dev"] | variant["test"])  # test voices never heard in training
-    assert variant["train"] <= set(WIDE_MALE_VARIANTS + WIDE_FEMALE_VARIANTS)
+    assert variant["train"] <= set(WIDE_VARIANTS)
     assert {s.voice.split("+")[0] for s in wide["train"]} == {"es", "es-419"}  # both accents
     rates, pitches = [s.rate for s in wide["train"]], [s.pitch for s in wide["train"]]
     assert WIDE_RATES[0] <= min(rates) and max(rates) <= WIDE_RATES[1] and len(set(rates)) > 20
@@ -207,9 +206,8 @@ def test_every_wide_variant_is_a_distinct_espeak_voice():
         out = subprocess.run(["espeak-ng", "-v", voice, "--stdout", "hallo welt"], capture_output=True, check=True)
         return hashlib.sha256(out.stdout).hexdigest()
 
-    variants = WIDE_MALE_VARIANTS + WIDE_FEMALE_VARIANTS
-    sounds = {sound(f"de+{v}") for v in variants}
-    assert len(sounds) == len(variants) and sound("de") not in sounds
+    sounds = {sound(f"de+{v}") for v in WIDE_VARIANTS}
+    assert len(sounds) == len(WIDE_VARIANTS) and sound("de") not in sounds
 
 
 def test_default_plan_has_train_covost_rows():

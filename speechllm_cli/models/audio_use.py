@@ -108,17 +108,21 @@ def embeddings_dependence(model, audio_embeds, audio_lens, prompt_ids, target_id
 NOT_LISTENING_GAP = 0.02  # a dev audio gap below this: the model predicts (almost) as well without its audio
 
 
-def listening_warnings(metrics: dict[str, float]) -> list[str]:
-    """A warning when the validation ``audio_gap`` says the model barely uses its audio (none without the metric)."""
+SPEECH_LISTENING_HINT = ("Seen with a learning rate too high for augmented training (try --set train.lr=5e-4) and "
+                         "with front-ends that give too few positions; `speechllm diagnose` measures it on a decode.")
+
+
+def listening_warnings(metrics: dict[str, float], input_name: str = "audio",
+                       hint: str = SPEECH_LISTENING_HINT) -> list[str]:
+    """A warning when the validation ``audio_gap`` says the model barely uses its input (none without the metric);
+    ``input_name`` names that input and ``hint`` its likely causes (a text LLM's differ from a speech LLM's)."""
     gap = metrics.get("audio_gap")
     if gap is None or gap >= NOT_LISTENING_GAP:
         return []
     cosine = metrics.get("audio_cosine")
     shape = f", audio_cosine {cosine:.4f}" if cosine is not None else ""
-    return [f"valid audio_gap {gap:.4f} < {NOT_LISTENING_GAP}{shape}: the model barely uses its audio input "
-            "(it predicts from the prompt alone; decoding will repeat a few sentences). Seen with a learning rate "
-            "too high for augmented training (try --set train.lr=5e-4) and with front-ends that give too few "
-            "positions; `speechllm diagnose` measures it on a decode."]
+    return [f"valid audio_gap {gap:.4f} < {NOT_LISTENING_GAP}{shape}: the model barely uses its {input_name} "
+            f"(it predicts from the prompt alone; decoding will repeat a few sentences). {hint}"]
 
 
 def derived_metrics(metrics: dict[str, float]) -> dict[str, float]:

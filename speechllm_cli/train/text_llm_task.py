@@ -37,6 +37,7 @@ from torch import nn
 
 from speechllm_cli.data.kaldi_dir import TEXT_INPUT_TABLE as INPUT_TABLE
 from speechllm_cli.data.kaldi_dir import read_table
+from speechllm_cli.models.audio_use import listening_warnings
 from speechllm_cli.models.speech_llm_io import LLMMismatchError
 from speechllm_cli.models.text_llm import TextLLMConfig, build_text_llm, pad_token_ids, render_input, save_text_llm
 from speechllm_cli.train.config import TrainConfig
@@ -162,6 +163,10 @@ class TextLLMTask(SpeechLLMTask):
             "target_ids": [list(encode(e[field], add_special_tokens=False).input_ids) for e in examples],
             "utt_ids": [e["utt_id"] for e in examples],
         }
+
+    def epoch_warnings(self, metrics: dict[str, float]) -> list[str]:
+        return listening_warnings(metrics, "input text", "Check that each utterance's `input` is its own transcript "
+                                  "or n-best list (`speechllm text-input`), then try a lower train.lr.")
 
     def save_model(self, model: nn.Module, state: dict[str, torch.Tensor], out_dir: Path, name: str) -> Path:
         self.load_trainable_state_dict(model, state)

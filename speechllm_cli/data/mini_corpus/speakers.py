@@ -50,6 +50,7 @@ WIDE_MALE_VARIANTS = MALE_VARIANTS + (
 WIDE_FEMALE_VARIANTS = FEMALE_VARIANTS + (
     "Alicia", "Andrea", "Annie", "anika", "aunty", "belinda", "grandma", "linda", "shelby", "steph", "steph2",
     "steph3")
+WIDE_VARIANTS = WIDE_MALE_VARIANTS + WIDE_FEMALE_VARIANTS
 WIDE_RATES = (100, 190)  # words per minute, drawn uniformly (integers) for each wide train speaker
 WIDE_PITCHES = (15, 85)  # espeak-ng pitch 0-99, likewise
 VOICE_SETS = ("classic", "wide", "unheard")
@@ -128,7 +129,7 @@ def choose_speakers(lang: str, counts: dict[str, int], seed: int = 0, voices: st
 
 def unheard_speakers(lang: str, count: int, heard: set[str], seed: int) -> list[Speaker]:
     """``count`` distinct speakers of the wide variants not in ``heard``, one per speaker in turn, wide ranges."""
-    pool = [v for v in WIDE_MALE_VARIANTS + WIDE_FEMALE_VARIANTS if v not in heard]
+    pool = [v for v in WIDE_VARIANTS if v not in heard]
     if count and not pool:
         raise ValueError(f"{lang}: every espeak-ng variant is heard in training; no unheard voice is left")
     return _draw_speakers(lang, count, pool, random.Random(f"mini-corpus-unheard-speakers\t{lang}\t{seed}"))
@@ -137,7 +138,7 @@ def unheard_speakers(lang: str, count: int, heard: set[str], seed: int) -> list[
 def wide_train_speakers(lang: str, count: int, held_out: set[str], seed: int) -> list[Speaker]:
     """``count`` distinct train speakers: the wide variants but ``held_out`` in a seeded order, one per speaker in
     turn, each with a base voice, rate and pitch drawn at random."""
-    pool = [v for v in WIDE_MALE_VARIANTS + WIDE_FEMALE_VARIANTS if v not in held_out]
+    pool = [v for v in WIDE_VARIANTS if v not in held_out]
     return _draw_speakers(lang, count, pool, random.Random(f"mini-corpus-wide-speakers\t{lang}\t{seed}"))
 
 
